@@ -1,0 +1,154 @@
+"""Everything kcs_tl knows about `HookedTransformer`: where weights and hook points live.
+
+Masks, searches and results speak in TransformerLens addresses
+(``blocks.3.attn.W_Q``, ``blocks.3.mlp.hook_post``); this module resolves them to
+modules and says how each tensor is laid out, so a later adapter (the
+TransformerBridge) can answer the same questions without touching the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformer_lens import HookedTransformer
+
+WEIGHT_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+HOOK_NAMES = ("attn.hook_z", "mlp.hook_post")
+GRANULARITIES = ("weight", "row", "column")
+
+# Axes of each matrix in TransformerLens layout, read as x @ W: which axes index
+# the input unit (a "row"), which the output unit (a "column"), and which axis is
+# the attention head or the MLP neuron.
+_LAYOUT = {
+    #        module  shape names                          input axes  head  neuron
+    "W_Q": ("attn", ("n_heads", "d_model", "d_head"), (1,), 0, None),
+    "W_K": ("attn", ("n_heads", "d_model", "d_head"), (1,), 0, None),
+    "W_V": ("attn", ("n_heads", "d_model", "d_head"), (1,), 0, None),
+    "W_O": ("attn", ("n_heads", "d_head", "d_model"), (0, 1), 0, None),
+    "W_in": ("mlp", ("d_model", "d_mlp"), (0,), None, 1),
+    "W_out": ("mlp", ("d_mlp", "d_model"), (0,), None, 0),
+}
+
+# Config fields that decide whether a saved mask fits a model.
+_FINGERPRINT_FIELDS = (
+    "model_name", "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab",
+    "n_ctx", "act_fn", "normalization_type", "positional_embedding_type",
+    "attn_only", "gated_mlp", "n_key_value_heads",
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place a mask attaches: a weight matrix or a hook point of one layer.
+
+    ``full_shape`` is the tensor the mask covers (the weight, or the units of the
+    hook: ``[d_mlp]`` neurons or ``[n_heads]`` heads); ``shape`` is the mask's own
+    shape, which broadcasts against ``full_shape``.
+    """
+
+    address: str
+    layer: int
+    module: str  # "attn" | "mlp"
+    name: str  # "W_Q" ... or "hook_z" | "hook_post"
+    kind: str  # "weight" | "hook"
+    granularity: str  # "weight" | "row" | "column" for weights; "head" | "neuron" for hooks
+    full_shape: tuple[int, ...]
+    shape: tuple[int, ...]
+    head_axis: int | None
+    neuron_axis: int | None
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Site":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def check_model(model) -> HookedTransformer:
+    """Refuse anything that is not a HookedTransformer, naming what is supported."""
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(
+            f"kcs_tl needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
+            "Supported: HookedTransformer (TransformerLens 3.x)."
+        )
+    if model.cfg.attn_only:
+        raise ValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
+    return model
+
+
+def resolve_layers(model: HookedTransformer, layers) -> list[int]:
+    """Layers to mask; ``None`` means the upper half, as in Bayazit et al."""
+    n = model.cfg.n_layers
+    if layers is None:
+        return list(range(n // 2, n))
+    layers = [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad or not layers:
+        raise ValueError(f"layers {bad or layers} out of range: this model has layers 0..{n - 1}")
+    return sorted(set(layers))
+
+
+def _dims(model: HookedTransformer) -> dict[str, int]:
+    c = model.cfg
+    return {"n_heads": c.n_heads, "d_model": c.d_model, "d_head": c.d_head, "d_mlp": c.d_mlp}
+
+
+def weight_site(model: HookedTransformer, layer: int, name: str, granularity: str = "weight") -> Site:
+    """The site of matrix ``name`` in ``layer``; its mask shape follows ``granularity``.
+
+    ``row`` keeps one gate per input unit (output axes collapse to 1), ``column``
+    one gate per output unit (input axes collapse to 1), so masks broadcast.
+    """
+    if name not in _LAYOUT:
+        raise ValueError(f"unknown weight {name!r}; choose from {WEIGHT_NAMES}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
+    module, axes, inputs, head, neuron = _LAYOUT[name]
+    full = tuple(_dims(model)[a] for a in axes)
+    if granularity == "weight":
+        shape = full
+    elif granularity == "row":
+        shape = tuple(d if i in inputs else 1 for i, d in enumerate(full))
+    else:
+        shape = tuple(1 if i in inputs else d for i, d in enumerate(full))
+    return Site(f"blocks.{layer}.{module}.{name}", layer, module, name, "weight",
+                granularity, full, shape, head, neuron)
+
+
+def hook_site(model: HookedTransformer, layer: int, hook: str) -> Site:
+    """The site of ``attn.hook_z`` (one gate per head) or ``mlp.hook_post`` (per neuron)."""
+    if hook not in HOOK_NAMES:
+        raise ValueError(f"unknown hook {hook!r}; choose from {HOOK_NAMES}")
+    module, name = hook.split(".")
+    if hook == "attn.hook_z":
+        shape, gran, head, neuron = (model.cfg.n_heads,), "head", 0, None
+    else:
+        shape, gran, head, neuron = (model.cfg.d_mlp,), "neuron", None, 0
+    return Site(f"blocks.{layer}.{hook}", layer, module, name, "hook", gran, shape, shape, head, neuron)
+
+
+def owner(model: HookedTransformer, site: Site) -> nn.Module:
+    """The module holding the site's weight (as an attribute) or the hook point itself."""
+    block = model.blocks[site.layer]
+    sub = getattr(block, site.module)
+    return getattr(sub, site.name) if site.kind == "hook" else sub
+
+
+def hook_broadcast(site: Site, gate: torch.Tensor) -> torch.Tensor:
+    """Shape a per-head or per-neuron gate to multiply the hook's activation."""
+    return gate[:, None] if site.name == "hook_z" else gate
+
+
+def fingerprint(model: HookedTransformer) -> dict:
+    """The config fields a mask must agree with to be applied to this model."""
+    return {f: getattr(model.cfg, f, None) for f in _FINGERPRINT_FIELDS}
+
+
+def fingerprint_mismatch(expected: dict, model: HookedTransformer) -> list[str]:
+    """Human-readable differences between a saved fingerprint and a model."""
+    actual = fingerprint(model)
+    return [f"{k}: saved {expected[k]!r}, model {actual.get(k)!r}"
+            for k in expected if expected[k] != actual.get(k)]

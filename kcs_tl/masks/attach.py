@@ -1,0 +1,94 @@
+"""How a mask attaches to a model: the one mechanism shared by training and results.
+
+Weights are gated with ``torch.nn.utils.parametrize``: the model's own
+``nn.Parameter`` stays where it is (moved under ``parametrizations.<name>.original``
+while attached) and every read of ``attn.W_Q`` returns ``W_Q * gate``. Nothing is
+copied, matrices without a mask are untouched, and removing the parametrization
+gives back the very same Parameter, so the model is bit-identical afterwards.
+
+Hook points are gated with a plain forward hook registered before any user hook:
+``h * gate + replacement * (1 - gate)``. TransformerLens's ``run_with_hooks`` and
+``run_with_cache`` add and reset their own hooks around ours, so user hooks and
+caches see the masked activations and keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from kcs_tl.adapters.hooked import Site, hook_broadcast, owner
+
+GateFn = Callable[[str], Tensor]
+ReplacementFn = Callable[[str], "Tensor | None"]
+
+
+class _WeightGate(nn.Module):
+    """Parametrization ``W -> W * gate(address)``."""
+
+    def __init__(self, address: str, gate: GateFn):
+        super().__init__()
+        self.address = address
+        self._gate = gate
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self._gate(self.address).to(weight.dtype)
+
+
+class Attachment:
+    """Gates installed on a model's sites; ``detach()`` undoes every change.
+
+    ``gate(address)`` returns the keep-gate (1 keeps a unit, 0 ablates it) in the
+    site's mask shape; ``replacement(address)`` returns the value an ablated hook
+    unit takes (``None`` means zero).
+    """
+
+    def __init__(self, model: nn.Module, sites: list[Site], gate: GateFn,
+                 replacement: ReplacementFn = lambda address: None):
+        self.model = model
+        self.sites = list(sites)
+        self._gate = gate
+        self._replacement = replacement
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._weights: list[tuple[nn.Module, str]] = []
+        try:
+            for site in self.sites:
+                self._install(site)
+        except BaseException:
+            self.detach()
+            raise
+
+    def _install(self, site: Site) -> None:
+        target = owner(self.model, site)
+        if site.kind == "weight":
+            if parametrize.is_parametrized(target, site.name):
+                raise RuntimeError(f"{site.address} already carries a mask; detach the other one first")
+            parametrize.register_parametrization(target, site.name, _WeightGate(site.address, self._gate))
+            self._weights.append((target, site.name))
+        else:
+            self._hooks.append(target.register_forward_hook(self._hook_fn(site), prepend=True))
+
+    def _hook_fn(self, site: Site):
+        def gate_activation(module, inputs, output):
+            gate = hook_broadcast(site, self._gate(site.address)).to(output.dtype)
+            replacement = self._replacement(site.address)
+            if replacement is None:
+                return output * gate
+            return output * gate + replacement.to(output.dtype) * (1 - gate)
+
+        return gate_activation
+
+    def detach(self) -> None:
+        """Remove every gate, restoring the original Parameters and hooks."""
+        for handle in self._hooks:
+            handle.remove()
+        for module, name in reversed(self._weights):
+            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        self._hooks, self._weights = [], []
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._hooks or self._weights)

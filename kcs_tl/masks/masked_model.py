@@ -1,0 +1,223 @@
+"""MaskedModel: trainable mask scores attached to a HookedTransformer.
+
+A mask value m = 1 puts a unit in the subnetwork. In ``mode="remove"`` the model
+computes with 1 - m (the subnetwork is removed: the knowledge-critical search);
+in ``mode="keep"`` it computes with m (only the subnetwork remains).
+
+Masks are drawn once per model forward by default. A search draws them once per
+step and reuses them for every loss term with ``with masked.step():``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from kcs_tl.adapters.hooked import (
+    WEIGHT_NAMES, Site, check_model, hook_site, resolve_layers, weight_site,
+)
+from kcs_tl.masks.attach import Attachment
+from kcs_tl.masks.relaxations import Relaxation, get_relaxation
+
+MODES = ("remove", "keep")
+ABLATIONS = ("zero", "mean", "learned")
+
+
+def keep_gate(m: Tensor, mode: str) -> Tensor:
+    """The multiplier the model computes with, given subnetwork membership ``m``."""
+    return 1 - m if mode == "remove" else m
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    return mode
+
+
+def _key(address: str) -> str:
+    """ParameterDict keys may not contain dots."""
+    return address.replace(".", "__")
+
+
+@torch.no_grad()
+def mean_activations(model, tokens: Int[Tensor, "batch pos"], sites: Sequence[Site]) -> dict[str, Tensor]:
+    """Mean of each hook site's activation over batch and positions of ``tokens``."""
+    names = [s.address for s in sites]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return {n: cache[n].float().mean(dim=(0, 1)) for n in names}
+
+
+class MaskedModel(nn.Module):
+    """Mask scores for a set of sites, attached to ``model`` until ``detach()``.
+
+    Args:
+        model: a ``HookedTransformer``; its weights are frozen while attached.
+        weights: matrices to mask per element/row/column, from
+            ``W_Q, W_K, W_V, W_O, W_in, W_out``. Biases, embeddings, layer norms and
+            the unembedding are left out, as in Bayazit et al.: they are few
+            parameters shared by every computation, so removing one would say
+            little about where a particular fact is stored.
+        hooks: ``"attn.hook_z"`` (one gate per head) and/or ``"mlp.hook_post"``
+            (one gate per neuron).
+        layers: layers to mask; ``None`` is the upper half of the model.
+        granularity: ``"weight"`` (per element), ``"row"`` (per input unit) or
+            ``"column"`` (per output unit) for weight masks.
+        relaxation: a name from ``RELAXATIONS`` or a ``Relaxation``.
+        mode: ``"remove"`` (model keeps 1 - m) or ``"keep"`` (model keeps m).
+        init_prob: initial expected density of the subnetwork (0.45 in the paper).
+        ablation: value of an ablated hook unit: ``"zero"``, ``"mean"`` over
+            ``reference`` tokens, or ``"learned"`` (a trained placeholder
+            initialised at the mean when ``reference`` is given, else zero).
+    """
+
+    def __init__(self, model, weights: Iterable[str] = WEIGHT_NAMES, hooks: Iterable[str] = (),
+                 layers: Iterable[int] | None = None, granularity: str = "weight",
+                 relaxation: str | Relaxation = "straight_through", mode: str = "remove",
+                 init_prob: float = 0.45, ablation: str = "zero",
+                 reference: Int[Tensor, "batch pos"] | None = None):
+        super().__init__()
+        check_model(model)
+        if ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {ablation!r}; choose from {ABLATIONS}")
+        if ablation == "mean" and reference is None:
+            raise ValueError("ablation='mean' needs reference tokens to average activations over")
+        if not 0 < init_prob < 1:
+            raise ValueError(f"init_prob must lie strictly between 0 and 1, got {init_prob}")
+        self.mode = check_mode(mode)
+        self.relaxation = get_relaxation(relaxation)
+        self.ablation = ablation
+        self.layers = resolve_layers(model, layers)
+        self.sites: dict[str, Site] = {}
+        for layer in self.layers:
+            for name in weights:
+                s = weight_site(model, layer, name, granularity)
+                self.sites[s.address] = s
+            for hook in hooks:
+                s = hook_site(model, layer, hook)
+                self.sites[s.address] = s
+        if not self.sites:
+            raise ValueError("nothing to mask: give at least one weight or hook name")
+        device = next(model.parameters()).device
+        start = self.relaxation.init_score(init_prob)
+        self.scores = nn.ParameterDict({
+            _key(a): nn.Parameter(torch.full(s.shape, start, device=device)) for a, s in self.sites.items()
+        })
+        self.replacements = self._replacement_values(model, reference)
+        self._model = [model]  # a list keeps the model out of this module's parameters
+        self._masks: dict[str, Tensor] | None = None
+        self._holding = False
+        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        self._attachment = Attachment(model, list(self.sites.values()), self.gate, self.replacement)
+        model.requires_grad_(False)
+        self._pre_hook = model.register_forward_pre_hook(lambda *_: self._forget_masks())
+
+    def _replacement_values(self, model, reference) -> nn.ParameterDict:
+        hook_sites = [s for s in self.sites.values() if s.kind == "hook"]
+        if self.ablation == "zero" or not hook_sites:
+            return nn.ParameterDict()
+        if reference is not None:
+            means = mean_activations(model, reference, hook_sites)
+        else:
+            means = {s.address: torch.zeros(model.cfg.d_mlp if s.name == "hook_post"
+                                            else (model.cfg.n_heads, model.cfg.d_head))
+                     for s in hook_sites}
+        device = next(model.parameters()).device
+        return nn.ParameterDict({
+            _key(a): nn.Parameter(v.to(device), requires_grad=self.ablation == "learned")
+            for a, v in means.items()
+        })
+
+    @property
+    def model(self):
+        return self._model[0]
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    # -- masks -------------------------------------------------------------
+
+    def score(self, address: str) -> nn.Parameter:
+        return self.scores[_key(address)]
+
+    def masks(self) -> dict[str, Tensor]:
+        """Subnetwork membership m per site, drawn once and reused until the next forward."""
+        if self._masks is None:
+            self._masks = {a: self.relaxation(self.score(a), self.training) for a in self.sites}
+        return self._masks
+
+    def gate(self, address: str) -> Tensor:
+        """The multiplier the model computes with at ``address``."""
+        return keep_gate(self.masks()[address], self.mode)
+
+    def replacement(self, address: str) -> Tensor | None:
+        key = _key(address)
+        return self.replacements[key] if key in self.replacements else None
+
+    def _forget_masks(self) -> None:
+        if not self._holding:
+            self._masks = None
+
+    @contextmanager
+    def step(self):
+        """Draw masks once and use them for every forward inside (one training step)."""
+        self._masks, self._holding = None, True
+        try:
+            yield self.masks()
+        finally:
+            self._masks, self._holding = None, False
+
+    def expected_density(self) -> Tensor:
+        """Expected fraction of masked weights (or units) in the subnetwork, with a gradient.
+
+        A row or column gate counts once for every weight it covers.
+        """
+        total, kept = 0, 0.0
+        for a, s in self.sites.items():
+            cover = math.prod(s.full_shape) // math.prod(s.shape)
+            kept = kept + self.relaxation.density(self.score(a)).sum() * cover
+            total += math.prod(s.full_shape)
+        return kept / total
+
+    # -- results and lifetime ----------------------------------------------
+
+    def to_subnetwork(self, **settings):
+        """The binary subnetwork of the current scores (deterministic, above 0.5)."""
+        from kcs_tl.subnetwork import Subnetwork
+
+        return Subnetwork.from_masked(self, settings)
+
+    def check_frozen(self) -> None:
+        """Raise if any model weight can train or holds a gradient while masks are attached."""
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad or p.grad is not None]
+        if bad:
+            raise RuntimeError(f"model weights must stay frozen while masks train; trainable: {bad[:5]}")
+
+    def detach(self):
+        """Remove all masks; the model is bit-identical to before and trainable as before."""
+        if self._attachment.attached:
+            self._attachment.detach()
+            self._pre_hook.remove()
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(self._requires_grad.get(n, p.requires_grad))
+        return self.model
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+
+    def __repr__(self):
+        kinds = sorted({f"{s.module}.{s.name}" for s in self.sites.values()})
+        return (f"MaskedModel(mode={self.mode!r}, relaxation={self.relaxation.name!r}, "
+                f"layers={self.layers}, sites={kinds})")
+
+
+def attach_masks(model, **options) -> MaskedModel:
+    """Attach trainable masks to ``model``; see ``MaskedModel`` for the options."""
+    return MaskedModel(model, **options)

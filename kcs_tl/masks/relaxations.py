@@ -1,0 +1,136 @@
+"""Relaxations: real-valued scores -> masks in [0, 1] that carry a gradient.
+
+Pure torch, no TransformerLens. A mask value of 1 means "this unit belongs to
+the subnetwork". Each relaxation gives a stochastic mask for training, a
+deterministic one for evaluation, the expected density that the sparsity term
+penalises, and the score that starts a mask at a chosen probability.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+_EPS = 1e-6
+
+
+def _logistic_noise(like: Tensor) -> Tensor:
+    u = torch.rand_like(like).clamp(_EPS, 1 - _EPS)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def _straight_through(hard: Tensor, soft: Tensor) -> Tensor:
+    """Forward value ``hard``, gradient of ``soft``."""
+    return hard + (soft - soft.detach())
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Base: subclasses define ``sample``, ``deterministic``, ``density``, ``init_score``."""
+
+    name = "base"
+
+    def __call__(self, scores: Float[Tensor, "*shape"], training: bool) -> Float[Tensor, "*shape"]:
+        return self.sample(scores) if training else self.deterministic(scores)
+
+    def binarize(self, scores: Float[Tensor, "*shape"]) -> Tensor:
+        """The final boolean membership: the deterministic mask above 0.5."""
+        return self.deterministic(scores.detach()) > 0.5
+
+    def to_json(self) -> dict:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class StraightThroughSigmoid(Relaxation):
+    """sigmoid((score + logistic noise) / T), hard-thresholded at 0.5, straight-through.
+
+    The Bayazit et al. relaxation. The hard mask is 1 exactly when
+    score + noise > 0, so its expected value is sigmoid(score) whatever the
+    temperature; the temperature only shapes the gradient.
+    """
+
+    temperature: float = 1.0
+    name = "straight_through"
+
+    def sample(self, scores):
+        soft = torch.sigmoid((scores + _logistic_noise(scores)) / self.temperature)
+        return _straight_through((soft > 0.5).to(soft.dtype), soft)
+
+    def deterministic(self, scores):
+        soft = torch.sigmoid(scores / self.temperature)
+        return _straight_through((soft > 0.5).to(soft.dtype), soft)
+
+    def density(self, scores):
+        return torch.sigmoid(scores)
+
+    def init_score(self, prob: float) -> float:
+        return math.log(prob / (1 - prob))
+
+
+@dataclass(frozen=True)
+class HardConcrete(Relaxation):
+    """Hard Concrete gates of Louizos et al., as used by De Cao et al. (2021).
+
+    ``density`` is the closed-form expected L0 (probability the gate is non-zero).
+    """
+
+    beta: float = 2 / 3
+    gamma: float = -0.1
+    zeta: float = 1.1
+    name = "hard_concrete"
+
+    def _stretch(self, s: Tensor) -> Tensor:
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def sample(self, scores):
+        return self._stretch(torch.sigmoid((_logistic_noise(scores) + scores) / self.beta))
+
+    def deterministic(self, scores):
+        return self._stretch(torch.sigmoid(scores))
+
+    def density(self, scores):
+        return torch.sigmoid(scores - self.beta * math.log(-self.gamma / self.zeta))
+
+    def init_score(self, prob: float) -> float:
+        return math.log(prob / (1 - prob)) + self.beta * math.log(-self.gamma / self.zeta)
+
+
+@dataclass(frozen=True)
+class Sigmoid(Relaxation):
+    """Plain deterministic sigmoid(score / T): continuous sparsification."""
+
+    temperature: float = 1.0
+    name = "sigmoid"
+
+    def sample(self, scores):
+        return torch.sigmoid(scores / self.temperature)
+
+    deterministic = sample
+
+    def density(self, scores):
+        return torch.sigmoid(scores / self.temperature)
+
+    def init_score(self, prob: float) -> float:
+        return self.temperature * math.log(prob / (1 - prob))
+
+
+RELAXATIONS: dict[str, type[Relaxation]] = {
+    cls.name: cls for cls in (StraightThroughSigmoid, HardConcrete, Sigmoid)
+}
+
+
+def get_relaxation(relaxation: str | Relaxation | dict = "straight_through", **options) -> Relaxation:
+    """A relaxation from its name (with options), a saved dict, or itself."""
+    if isinstance(relaxation, Relaxation):
+        return relaxation
+    if isinstance(relaxation, dict):
+        options = {k: v for k, v in relaxation.items() if k != "name"} | options
+        relaxation = relaxation["name"]
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"unknown relaxation {relaxation!r}; choose from {sorted(RELAXATIONS)}")
+    return RELAXATIONS[relaxation](**options)

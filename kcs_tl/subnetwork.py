@@ -1,0 +1,306 @@
+"""Subnetwork: the result of a search, usable without the optimiser.
+
+Boolean masks keyed by TransformerLens address (``blocks.3.attn.W_Q``,
+``blocks.3.mlp.hook_post``); True marks a unit that belongs to the subnetwork.
+Masks keep the model's own layout (or broadcast against it), so per-head and
+per-neuron counts are sums over axes. Sparsity is the fraction of masked
+weights (units, for hook sites) that are NOT in the subnetwork.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Bool
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.nn.utils import parametrize
+
+from kcs_tl.adapters.hooked import Site, check_model, fingerprint, fingerprint_mismatch, owner
+from kcs_tl.masks.attach import Attachment
+from kcs_tl.masks.masked_model import check_mode, keep_gate
+
+FORMAT = "kcs_tl.subnetwork"
+VERSION = 1
+_MASKS_FILE, _META_FILE = "masks.safetensors", "subnetwork.json"
+_REPLACEMENT = "replacement:"
+
+
+@dataclass
+class Subnetwork:
+    """Binary masks per site, the sites' layout, and the model they fit.
+
+    ``replacements`` hold the value an ablated hook unit takes (mean or learned
+    ablation); sites without one are zero-ablated.
+    """
+
+    masks: dict[str, Bool[Tensor, "..."]]
+    sites: dict[str, Site]
+    fingerprint: dict
+    replacements: dict[str, Tensor] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if set(self.masks) != set(self.sites):
+            raise ValueError(f"masks and sites name different addresses: "
+                             f"{sorted(set(self.masks) ^ set(self.sites))}")
+        for a, m in self.masks.items():
+            if m.dtype != torch.bool or tuple(m.shape) != self.sites[a].shape:
+                raise ValueError(f"mask {a} must be bool of shape {self.sites[a].shape}, "
+                                 f"got {m.dtype} {tuple(m.shape)}")
+
+    @classmethod
+    def from_masked(cls, masked, settings: dict | None = None) -> "Subnetwork":
+        """Binarise a ``MaskedModel``'s current scores."""
+        relax = masked.relaxation
+        return cls(
+            masks={a: relax.binarize(masked.score(a)).cpu() for a in masked.sites},
+            sites=dict(masked.sites),
+            fingerprint=fingerprint(masked.model),
+            replacements={a: masked.replacement(a).detach().float().cpu()
+                          for a in masked.sites if masked.replacement(a) is not None},
+            settings={"relaxation": relax.to_json(), "ablation": masked.ablation, **(settings or {})},
+        )
+
+    # -- counts ------------------------------------------------------------
+
+    def expanded(self, address: str) -> Bool[Tensor, "..."]:
+        """The mask broadcast to every weight (or unit) it covers."""
+        return self.masks[address].expand(self.sites[address].full_shape)
+
+    def sparsity(self) -> float:
+        """Fraction of all masked weights (hook units) not in the subnetwork."""
+        t = self.site_table()
+        return 1.0 - t["in_subnetwork"].sum() / t["total"].sum()
+
+    def n_in_subnetwork(self) -> int:
+        return int(self.site_table()["in_subnetwork"].sum())
+
+    def site_table(self) -> pd.DataFrame:
+        """One row per site: totals, members of the subnetwork, sparsity."""
+        rows = []
+        for a, s in self.sites.items():
+            total = math.prod(s.full_shape)
+            inside = int(self.expanded(a).sum())
+            rows.append({"address": a, "layer": s.layer, "module": s.module, "matrix": s.name,
+                         "kind": s.kind, "granularity": s.granularity, "total": total,
+                         "in_subnetwork": inside, "sparsity": 1 - inside / total})
+        return pd.DataFrame(rows)
+
+    def stats(self, by: str = "layer") -> pd.DataFrame:
+        """Sparsity grouped ``by`` one of: overall, layer, module, matrix, site, head, neuron."""
+        if by in ("head", "neuron"):
+            return self._unit_table(by)
+        keys = {"overall": [], "layer": ["layer"], "module": ["layer", "module"],
+                "matrix": ["matrix"], "site": None}
+        if by not in keys:
+            raise ValueError(f"unknown grouping {by!r}; choose from {sorted(keys) + ['head', 'neuron']}")
+        t = self.site_table()
+        if keys[by] is None:
+            return t
+        g = (t.groupby(keys[by])[["total", "in_subnetwork"]].sum().reset_index() if keys[by]
+             else t[["total", "in_subnetwork"]].sum().to_frame().T)
+        g["sparsity"] = 1 - g["in_subnetwork"] / g["total"]
+        return g
+
+    def _unit_table(self, unit: str) -> pd.DataFrame:
+        """Per head (attention sites) or per neuron (MLP sites): how much of it is in the subnetwork."""
+        rows = []
+        for a, s in self.sites.items():
+            axis = s.head_axis if unit == "head" else s.neuron_axis
+            if axis is None:
+                continue
+            full = self.expanded(a)
+            other = [d for d in range(full.dim()) if d != axis]
+            inside = full.sum(dim=other) if other else full.long()
+            per_unit = math.prod(full.shape) // full.shape[axis]
+            for i, n in enumerate(inside.tolist()):
+                rows.append({"layer": s.layer, "matrix": s.name, unit: i, "total": per_unit,
+                             "in_subnetwork": int(n), "sparsity": 1 - n / per_unit})
+        if not rows:
+            raise ValueError(f"this subnetwork masks no site with a {unit} axis")
+        return pd.DataFrame(rows)
+
+    # -- set operations ----------------------------------------------------
+
+    def _check_same_sites(self, other: "Subnetwork") -> None:
+        if self.sites != other.sites:
+            raise ValueError("subnetworks cover different sites: "
+                             f"{sorted(set(self.sites) ^ set(other.sites)) or 'same addresses, other shapes'}")
+
+    def _combine(self, masks: dict[str, Tensor], op: str) -> "Subnetwork":
+        return Subnetwork(masks, dict(self.sites), dict(self.fingerprint), dict(self.replacements),
+                          {"derived": op})
+
+    def union(self, other: "Subnetwork") -> "Subnetwork":
+        self._check_same_sites(other)
+        return self._combine({a: self.masks[a] | other.masks[a] for a in self.masks}, "union")
+
+    def intersection(self, other: "Subnetwork") -> "Subnetwork":
+        self._check_same_sites(other)
+        return self._combine({a: self.masks[a] & other.masks[a] for a in self.masks}, "intersection")
+
+    __or__, __and__ = union, intersection
+
+    def jaccard(self, other: "Subnetwork") -> float:
+        """|A & B| / |A | B| over every weight (unit); 1.0 when both are empty."""
+        self._check_same_sites(other)
+        inter = sum(int((self.expanded(a) & other.expanded(a)).sum()) for a in self.masks)
+        union = sum(int((self.expanded(a) | other.expanded(a)).sum()) for a in self.masks)
+        return 1.0 if union == 0 else inter / union
+
+    # -- using it on a model -------------------------------------------------
+
+    def check_model(self, model) -> None:
+        """Refuse a model whose shape or architecture differs from the one searched."""
+        check_model(model)
+        diff = fingerprint_mismatch(self.fingerprint, model)
+        if diff:
+            raise ValueError("this subnetwork was found on a different model: " + "; ".join(diff))
+
+    def attach(self, model, mode: str = "remove") -> Attachment:
+        """Gate ``model`` with this subnetwork until ``.detach()`` is called on the result."""
+        self.check_model(model)
+        check_mode(mode)
+        device = next(model.parameters()).device
+        gates = {a: keep_gate(m.to(device, torch.float32), mode) for a, m in self.masks.items()}
+        repl = {a: r.to(device) for a, r in self.replacements.items()}
+        return Attachment(model, list(self.sites.values()), gates.__getitem__, repl.get)
+
+    @contextmanager
+    def removed(self, model):
+        """Inside the block, ``model`` runs without the subnetwork."""
+        handle = self.attach(model, "remove")
+        try:
+            yield model
+        finally:
+            handle.detach()
+
+    @contextmanager
+    def kept_only(self, model):
+        """Inside the block, ``model`` runs with only the subnetwork (within the masked sites)."""
+        handle = self.attach(model, "keep")
+        try:
+            yield model
+        finally:
+            handle.detach()
+
+    @torch.no_grad()
+    def apply(self, model, mode: str = "remove"):
+        """Permanently edit ``model``'s weights; returns the model.
+
+        Weight sites are zeroed in place. An ablated head or neuron is folded
+        into the layer's output: its ``W_O``/``W_out`` slice is zeroed and its
+        replacement value's contribution moves into ``b_O``/``b_out``, which is
+        exact (the activation itself is not changed, so a cache of
+        ``hook_z``/``hook_post`` still shows the unablated values).
+        """
+        self.check_model(model)
+        check_mode(mode)
+        for a, s in self.sites.items():
+            target = owner(model, s) if s.kind == "weight" else getattr(model.blocks[s.layer], s.module)
+            name = s.name if s.kind == "weight" else ("W_O" if s.name == "hook_z" else "W_out")
+            if parametrize.is_parametrized(target, name):
+                raise RuntimeError(f"{a} carries an attached mask; detach it before a permanent apply")
+            keep = keep_gate(self.masks[a].to(torch.float32), mode)
+            if s.kind == "weight":
+                w = getattr(target, name)
+                w.mul_(keep.to(w.device, w.dtype))
+            else:
+                self._fold(target, s, keep, self.replacements.get(a))
+        return model
+
+    @staticmethod
+    def _fold(module, site: Site, keep: Tensor, replacement: Tensor | None) -> None:
+        w, b = (module.W_O, module.b_O) if site.name == "hook_z" else (module.W_out, module.b_out)
+        drop = (1 - keep).to(w.device, w.dtype)
+        if replacement is not None:
+            r = replacement.to(w.device, w.dtype)
+            r = r * (drop[:, None] if site.name == "hook_z" else drop)
+            b.add_(r.reshape(-1) @ w.reshape(r.numel(), -1))
+        w.mul_(keep.to(w.device, w.dtype).reshape((-1,) + (1,) * (w.dim() - 1)))
+
+    # -- save / load -------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write ``masks.safetensors`` (bool) and ``subnetwork.json`` into folder ``path``.
+
+        Refuses a folder that already holds files unless ``overwrite=True``.
+        """
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise FileExistsError(f"{path} already holds files; pass overwrite=True to replace "
+                                  f"its {_MASKS_FILE} and {_META_FILE}")
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {a: m.contiguous() for a, m in self.masks.items()}
+        tensors |= {_REPLACEMENT + a: r.contiguous() for a, r in self.replacements.items()}
+        meta = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
+                "sites": [s.to_json() for s in self.sites.values()], "settings": self.settings,
+                "sparsity": self.sparsity()}
+        _atomic(path / _MASKS_FILE, lambda tmp: save_file(tensors, tmp))
+        _atomic(path / _META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model=None) -> "Subnetwork":
+        """Read a saved subnetwork; with ``model``, also check that it fits that model."""
+        path = Path(path)
+        if not (path / _META_FILE).is_file() or not (path / _MASKS_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a saved subnetwork (needs {_MASKS_FILE} and {_META_FILE})")
+        meta = json.loads((path / _META_FILE).read_text())
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError(f"{path} holds format {meta.get('format')!r} v{meta.get('version')}, "
+                             f"expected {FORMAT!r} v{VERSION}")
+        tensors = load_file(path / _MASKS_FILE)
+        sites = {d["address"]: Site.from_json(d) for d in meta["sites"]}
+        sub = cls(masks={a: tensors[a] for a in sites}, sites=sites, fingerprint=meta["fingerprint"],
+                  replacements={k[len(_REPLACEMENT):]: v for k, v in tensors.items()
+                                if k.startswith(_REPLACEMENT)},
+                  settings=meta["settings"])
+        if model is not None:
+            sub.check_model(model)
+        return sub
+
+    # -- display -----------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (f"Subnetwork({self.n_in_subnetwork():,} of {int(self.site_table()['total'].sum()):,} "
+                f"masked units, sparsity {self.sparsity():.2%}, {len(self.sites)} sites)")
+
+    def _repr_html_(self) -> str:
+        table = self.stats("module").to_html(index=False, float_format=lambda x: f"{x:.4f}")
+        return f"<p><b>{self!r}</b></p>{table}"
+
+
+def majority(subnetworks: Sequence[Subnetwork], k: int) -> Subnetwork:
+    """Units that belong to at least ``k`` of the given subnetworks (k-of-n vote)."""
+    if not subnetworks:
+        raise ValueError("majority needs at least one subnetwork")
+    if not 1 <= k <= len(subnetworks):
+        raise ValueError(f"k must lie in 1..{len(subnetworks)}, got {k}")
+    first = subnetworks[0]
+    for other in subnetworks[1:]:
+        first._check_same_sites(other)
+    votes = {a: sum(s.masks[a].long() for s in subnetworks) >= k for a in first.masks}
+    return first._combine(votes, f"{k}-of-{len(subnetworks)}")
+
+
+def _atomic(target: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename over ``target``."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
