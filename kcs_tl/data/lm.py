@@ -1,0 +1,85 @@
+"""Fixed-length token blocks from a text corpus, for the language-modelling control (ControlLM).
+
+Documents are tokenised, joined with EOS between them (GPT-2's convention)
+and chopped into blocks of ``block_len``; the incomplete last block is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+def _documents(texts: Sequence[str] | str | os.PathLike) -> list[str]:
+    if isinstance(texts, (str, os.PathLike)):
+        path = Path(texts)
+        if not path.is_file():
+            raise ValueError(f"texts={str(texts)!r} is not a file; pass a path to a text file or a list of strings")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("texts must be a list of strings or a path to a text file (one document per non-empty line)")
+    return [t for t in texts if t.strip()]
+
+
+def _token_stream(documents: list[str], tokenizer: Any, eos: int, chunk: int = 1000) -> Iterator[int]:
+    for lo in range(0, len(documents), chunk):
+        for ids in tokenizer(documents[lo : lo + chunk], add_special_tokens=False)["input_ids"]:
+            yield from ids
+            yield eos
+
+
+def lm_blocks(
+    texts: Sequence[str] | str | os.PathLike,
+    tokenizer: Any,
+    block_len: int,
+    max_blocks: int | None = None,
+    prepend_bos: bool = False,
+) -> Int[Tensor, "n_blocks block_len"]:
+    """Token blocks of ``block_len`` from ``texts`` (a list of documents, or a text file path).
+
+    A file holds one document per non-empty line (as WikiText does).
+    ``max_blocks`` stops tokenising once that many blocks are full. With
+    ``prepend_bos`` each block is BOS followed by ``block_len - 1`` corpus tokens.
+    """
+    if not isinstance(block_len, int) or block_len < 2:
+        raise ValueError(f"block_len must be an int >= 2, got {block_len!r}")
+    if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 1):
+        raise ValueError(f"max_blocks must be None or an int >= 1, got {max_blocks!r}")
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if prepend_bos else None
+    if eos is None or (prepend_bos and bos is None):
+        raise ValueError(f"the tokenizer needs an eos token{' and a bos token' if prepend_bos else ''}")
+    documents = _documents(texts)
+    body = block_len - (1 if prepend_bos else 0)
+    blocks: list[list[int]] = []
+    current: list[int] = []
+    for token in _token_stream(documents, tokenizer, eos):
+        current.append(token)
+        if len(current) == body:
+            blocks.append(([bos] if prepend_bos else []) + current)
+            current = []
+            if len(blocks) == max_blocks:
+                break
+    if not blocks:
+        raise ValueError(f"the corpus ({len(documents)} documents, {len(current)} tokens with separators) "
+                         f"is shorter than one block of {block_len} tokens")
+    return torch.tensor(blocks, dtype=torch.long)
+
+
+def split_blocks(
+    blocks: Int[Tensor, "n_blocks block_len"], val_fraction: float = 0.1, seed: int = 0
+) -> tuple[Int[Tensor, "n_train block_len"], Int[Tensor, "n_val block_len"]]:
+    """Shuffle blocks with ``seed`` and split off ``val_fraction`` of them (at least one) for validation."""
+    if blocks.ndim != 2 or len(blocks) < 2:
+        raise ValueError(f"need a [n_blocks, block_len] tensor with n_blocks >= 2, got shape {tuple(blocks.shape)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    n_val = min(len(blocks) - 1, max(1, round(len(blocks) * val_fraction)))
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
+    return blocks[order[n_val:]], blocks[order[:n_val]]
