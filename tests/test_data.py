@@ -112,6 +112,9 @@ def test_jsonl_round_trip(graph, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"type": "graph", "format": "kcs_tl.kg/1"}\n{"type": "fact"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: unknown record type 'fact'"):
         KnowledgeGraph.load(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"type": "triplet", "head": "a", "relation": "IsA", "tail": "b"}\n')
+    with pytest.raises(ValueError, match="start with exactly one 'graph' record"):
+        KnowledgeGraph.load(tmp_path / "bad.jsonl")
 
 
 def test_split_templates_deterministic():

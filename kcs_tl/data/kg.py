@@ -203,7 +203,9 @@ class KnowledgeGraph:
                         raise ValueError(f"unknown format {record['format']!r}, expected {FORMAT!r}")
                     header = record
                 elif kind == "template":
-                    tables[bool(record["held_out"])].setdefault(record["relation"], []).append(record["template"])
+                    if not isinstance(record["held_out"], bool):
+                        raise ValueError(f"'held_out' must be true or false, got {record['held_out']!r}")
+                    tables[record["held_out"]].setdefault(record["relation"], []).append(record["template"])
                 elif kind == "triplet":
                     triplets.append(Triplet(record["head"], record["relation"], record["tail"]))
                 else:
