@@ -23,3 +23,46 @@ def model() -> HookedTransformer:
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))
+
+
+TOY_TAILS = ["red", "blue", "green", "stone", "wood", "glass"]
+TOY_HEADS = [f"thing{i}" for i in range(40)]
+TOY_WORDS = ["<|endoftext|>", "<pad>", "the", "is", "colour", "of", "made", "a", "and", "story", "went"]
+
+
+def toy_tokenizer():
+    """A word-level tokenizer over the toy world's words, usable by TransformerLens offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(TOY_WORDS + TOY_TAILS + TOY_HEADS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                 pad_token="<pad>", add_bos_token=True)
+    hf.init_kwargs.update(name_or_path="toy", add_bos_token=True)
+    return hf
+
+
+def toy_world():
+    """(model, target KG, control KG, LM blocks): a tiny random model with a tokenizer and facts."""
+    from kcs_tl.data import KnowledgeGraph, Triplet
+
+    tok = toy_tokenizer()
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64,
+                                  d_vocab=len(tok), act_fn="gelu", normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg, tokenizer=tok)
+    model.eval()
+    triplets = [Triplet(h, "HasColour", TOY_TAILS[i % 3]) for i, h in enumerate(TOY_HEADS)]
+    templates = {"HasColour": ["the colour of {head} is {tail}", "{head} is made of {tail}"]}
+    graph = KnowledgeGraph(triplets, templates, {"HasColour": ["{head} is {tail}"]})
+    target = graph.subset(triplets[:6])
+    control = graph.subset(triplets[6:])
+    text = " ".join(f"the story went and {h} is {TOY_TAILS[i % 6]}" for i, h in enumerate(TOY_HEADS * 3))
+    blocks = torch.tensor(tok(text)["input_ids"][: 16 * 12]).reshape(12, 16)
+    return model, target, control, blocks
+
+
+@pytest.fixture
+def toy():
+    return toy_world()

@@ -171,6 +171,15 @@ class MaskedModel(nn.Module):
         finally:
             self._masks, self._holding = None, False
 
+    @contextmanager
+    def as_mode(self, mode: str):
+        """Temporarily compute with ``"keep"`` or ``"remove"`` (same masks, other side)."""
+        previous, self.mode = self.mode, check_mode(mode)
+        try:
+            yield self
+        finally:
+            self.mode = previous
+
     def expected_density(self) -> Tensor:
         """Expected fraction of masked weights (or units) in the subnetwork, with a gradient.
 

@@ -1,0 +1,206 @@
+"""Evaluation: how the model with a subnetwork removed compares with the original.
+
+KG sets are scored at the positions that predict tail tokens: perplexity over
+tail tokens, and rank / log-probability / top-k accuracy of each sentence's
+first tail token. LM text is scored at every position. ``evaluate`` puts the
+original, the remaining model and random subnetworks of the same size side by
+side in one tidy DataFrame.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from kcs_tl.baselines.random import random_like
+from kcs_tl.data.batch import KGBatch
+from kcs_tl.data.kg import KnowledgeGraph
+from kcs_tl.data.verbalise import encode
+
+TOP_K = (1, 5, 10)
+
+
+@dataclass
+class KGScores:
+    """Per tail token NLL, and per sentence the first tail token's rank (0 = top-1) and log-prob."""
+
+    nll: Float[Tensor, "n_labels"]
+    rank: Int[Tensor, "batch"]
+    logp: Float[Tensor, "batch"]
+
+
+@dataclass
+class LMScores:
+    """Per predicted token: NLL and whether the top-1 prediction was right."""
+
+    nll: Float[Tensor, "n_tokens"]
+    correct: Bool[Tensor, "n_tokens"]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_kg(model, batch: KGBatch, batch_size: int = 64) -> KGScores:
+    """Score every sentence of ``batch`` under ``model``."""
+    nll, rank, logp = [], [], []
+    for lo in range(0, len(batch), batch_size):
+        mb = batch[lo : lo + batch_size].to(_device(model))
+        lp = model(mb.tokens).float().log_softmax(-1)
+        nll.append(-lp[mb.label_mask].gather(-1, mb.labels[mb.label_mask][:, None])[:, 0].cpu())
+        rows = torch.arange(len(mb), device=lp.device)
+        first = lp[rows, mb.first_label_pos]
+        gold = mb.tokens[rows, mb.first_label_pos + 1]
+        gold_lp = first.gather(-1, gold[:, None])
+        rank.append((first > gold_lp).sum(-1).cpu())
+        logp.append(gold_lp[:, 0].cpu())
+    return KGScores(torch.cat(nll), torch.cat(rank), torch.cat(logp))
+
+
+@torch.no_grad()
+def score_lm(model, blocks: Int[Tensor, "n block"], batch_size: int = 8) -> LMScores:
+    """Score every next-token prediction in ``blocks``."""
+    nll, correct = [], []
+    for lo in range(0, len(blocks), batch_size):
+        tokens = blocks[lo : lo + batch_size].to(_device(model))
+        logits = model(tokens)[:, :-1].float()
+        gold = tokens[:, 1:]
+        nll.append(F.cross_entropy(logits.transpose(1, 2), gold, reduction="none").flatten().cpu())
+        correct.append((logits.argmax(-1) == gold).flatten().cpu())
+    return LMScores(torch.cat(nll), torch.cat(correct))
+
+
+def kg_metrics(s: KGScores) -> dict[str, float]:
+    out = {"ppl": math.exp(s.nll.mean().item())}
+    out |= {f"top{k}": (s.rank < k).float().mean().item() for k in TOP_K}
+    return out
+
+
+def lm_metrics(s: LMScores) -> dict[str, float]:
+    return {"ppl": math.exp(s.nll.mean().item()), "top1": s.correct.float().mean().item()}
+
+
+@dataclass
+class Criteria:
+    """What makes a subnetwork knowledge-critical (the discovery issue's bar)."""
+
+    target_top1_max: float = 0.10
+    control_top1_min_ratio: float = 0.95
+    lm_ppl_max_rise: float = 0.05
+    sparsity_min: float = 0.98
+
+    def shortfalls(self, target_top1: float, control_ratio: float, lm_rise: float,
+                   sparsity: float) -> dict[str, float]:
+        """How far each criterion is from holding (0 when it holds)."""
+        return {
+            "target_top1": max(0.0, target_top1 - self.target_top1_max),
+            "control_top1_ratio": max(0.0, self.control_top1_min_ratio - control_ratio),
+            "lm_ppl_rise": max(0.0, lm_rise - self.lm_ppl_max_rise),
+            "sparsity": max(0.0, self.sparsity_min - sparsity),
+        }
+
+
+@dataclass
+class Evaluation:
+    """Tidy results (``table``: set, model, metric, value, spread) and the subnetwork's size."""
+
+    table: pd.DataFrame
+    sparsity: float
+    n_in_subnetwork: int
+
+    def value(self, set_name: str, model: str, metric: str) -> float:
+        t = self.table
+        return float(t[(t.set == set_name) & (t.model == model) & (t.metric == metric)].value.iloc[0])
+
+    def summary(self) -> pd.DataFrame:
+        """One row per (set, model), one column per metric."""
+        return self.table.pivot_table(index=["set", "model"], columns="metric", values="value",
+                                      sort=False)
+
+    def check(self, criteria: Criteria | None = None) -> dict[str, bool]:
+        """Which criteria hold for the remaining model."""
+        c = criteria or Criteria()
+        gaps = c.shortfalls(
+            self.value("target", "remaining", "top1"),
+            self.value("control_kg", "remaining", "top1") / max(self.value("control_kg", "original", "top1"), 1e-9),
+            self.value("control_lm", "remaining", "ppl") / self.value("control_lm", "original", "ppl") - 1,
+            self.sparsity,
+        )
+        return {k: v == 0 for k, v in gaps.items()}
+
+    def __repr__(self) -> str:
+        return (f"Evaluation(sparsity {self.sparsity:.2%}, {self.n_in_subnetwork:,} units in the "
+                f"subnetwork)\n{self.summary().round(4).to_string()}")
+
+    def _repr_html_(self) -> str:
+        checks = "".join(f"<li>{k}: {'holds' if ok else 'fails'}</li>" for k, ok in self.check().items())
+        return (f"<p><b>Subnetwork sparsity {self.sparsity:.2%}</b> "
+                f"({self.n_in_subnetwork:,} units removed)</p><ul>{checks}</ul>"
+                + self.summary().to_html(float_format=lambda x: f"{x:.4f}"))
+
+
+def _rows(set_name: str, model_name: str, metrics: dict[str, float], spread: dict[str, float] | None = None):
+    return [{"set": set_name, "model": model_name, "metric": k, "value": v,
+             "spread": (spread or {}).get(k, 0.0)} for k, v in metrics.items()]
+
+
+def _metrics(kind: str, s, base) -> dict[str, float]:
+    """A set's metrics; KG sets add the mean change in gold rank and log-prob from ``base``."""
+    if kind == "lm":
+        return lm_metrics(s)
+    return kg_metrics(s) | {"delta_rank": (s.rank - base.rank).float().mean().item(),
+                            "delta_logp": (s.logp - base.logp).mean().item()}
+
+
+def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n block"], *,
+             target_held_out: KGBatch | None = None, n_random: int = 3, seed: int = 0,
+             batch_size: int = 64) -> Evaluation:
+    """Original vs remaining model vs random subnetworks of the same size, on every set.
+
+    ``target`` / ``control_kg`` / ``target_held_out`` are ``KGBatch``es or
+    ``KnowledgeGraph``s (encoded with the model's tokenizer; a graph's held-out
+    templates give ``target_held_out`` when it is not passed); ``control_lm``
+    is a tensor of token blocks. Random subnetworks remove the same number of
+    units per site (``n_random`` seeds; value is the mean, spread the std).
+    """
+    if isinstance(target, KnowledgeGraph) and target_held_out is None and target.held_out_templates:
+        target_held_out = encode(target, model.tokenizer, "held_out")
+    sets: dict[str, tuple[str, object]] = {
+        "target": ("kg", _as_batch(target, model)), "control_kg": ("kg", _as_batch(control_kg, model)),
+        "control_lm": ("lm", control_lm),
+    }
+    if target_held_out is not None:
+        sets["target_held_out"] = ("kg", _as_batch(target_held_out, model))
+
+    def run(ctx):
+        with ctx:
+            return {name: score_kg(model, data, batch_size) if kind == "kg" else
+                    score_lm(model, data, max(1, batch_size // 8)) for name, (kind, data) in sets.items()}
+
+    variants = {"original": [run(nullcontext())], "remaining": [run(subnetwork.removed(model))],
+                "random": [run(random_like(subnetwork, seed + i).removed(model)) for i in range(n_random)]}
+    base = variants["original"][0]
+    rows = []
+    for name, (kind, _) in sets.items():
+        base_ppl = _metrics(kind, base[name], base[name])["ppl"]
+        for variant, runs in variants.items():
+            if not runs:
+                continue
+            frame = pd.DataFrame([_metrics(kind, r[name], base[name]) for r in runs])
+            frame["delta_ppl"] = frame["ppl"] - base_ppl
+            spread = frame.std(ddof=0).to_dict() if len(runs) > 1 else None
+            rows += _rows(name, variant, frame.mean().to_dict(), spread)
+    return Evaluation(pd.DataFrame(rows), subnetwork.sparsity(), subnetwork.n_in_subnetwork())
+
+
+def _as_batch(data, model) -> KGBatch:
+    return encode(data, model.tokenizer) if isinstance(data, KnowledgeGraph) else data
+

@@ -1,0 +1,481 @@
+"""discover(): the search for a knowledge-critical subnetwork.
+
+One step: draw masks once, run TargetKG and ControlKG sentences in one forward
+and LM blocks in another (both on the model with the subnetwork removed), add
+the loss terms of ``objectives``, and update the mask scores (the model's
+weights stay frozen). The original model's outputs never change, so they are
+computed once before the search.
+
+Every ``eval_every`` steps the deterministic mask is scored on validation
+data (TargetKG on training templates, held-out ControlKG triplets, held-out LM
+blocks). The result is the evaluated checkpoint that meets the criteria with
+the highest sparsity; if none does, the one with the smallest summed
+shortfall from the criteria (the best trade-off). Not simply the last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from kcs_tl.adapters.hooked import WEIGHT_NAMES, check_model
+from kcs_tl.data.batch import KGBatch
+from kcs_tl.data.kg import KnowledgeGraph
+from kcs_tl.data.lm import lm_blocks, split_blocks
+from kcs_tl.data.splits import check_disjoint
+from kcs_tl.data.verbalise import encode
+from kcs_tl.masks.masked_model import MaskedModel
+from kcs_tl.masks.relaxations import get_relaxation
+from kcs_tl.metrics import Criteria, kg_metrics, lm_metrics, score_kg, score_lm
+from kcs_tl.objectives import Lagrangian, ReferenceLogProbs, sparsity_weight, suppression
+from kcs_tl.subnetwork import Subnetwork
+
+
+@dataclass
+class DiscoveryConfig:
+    """Every setting of a search; defaults follow Bayazit et al. where they apply.
+
+    Round-trips through JSON (``to_json`` / ``from_json``) and is saved with the result.
+    """
+
+    # What is masked.
+    weights: tuple[str, ...] = WEIGHT_NAMES
+    hooks: tuple[str, ...] = ()
+    layers: tuple[int, ...] | None = None  # None: the upper half
+    granularity: str = "weight"
+    relaxation: str = "straight_through"
+    relaxation_options: dict = field(default_factory=dict)
+    init_prob: float = 0.45
+    # The objective.
+    suppression: str = "kl_uniform"  # or "entropy", "margin"
+    suppression_log_margin: float = math.log(1e-3)
+    target_weight: float = 1.5
+    control_kg_weight: float = 1.0
+    control_lm_weight: float = 1.0
+    sparsity_start: float = 2.0
+    sparsity_end: float = 3.0
+    target_sparsity: float | None = None  # hold this sparsity with a Lagrangian instead
+    lagrangian_lr: float = 0.05
+    expression_weight: float = 0.0
+    # Optimisation.
+    steps: int = 2000
+    lr: float = 0.2
+    warmup_fraction: float = 0.1
+    kg_batch_size: int = 250
+    lm_batch_size: int = 10
+    lm_block_len: int = 512  # capped at the model's n_ctx
+    reference_top_k: int | None = None  # None caches full distributions
+    reference_max_gib: float = 2.0
+    # Validation, stopping, checkpoints.
+    control_val_fraction: float = 0.2
+    lm_val_fraction: float = 0.1
+    eval_every: int = 50
+    early_stop: bool = True
+    criteria: Criteria = field(default_factory=Criteria)
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    # Where and how it runs.
+    seed: int = 0
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    bf16: bool = False  # autocast on CUDA
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 1 or self.eval_every < 1:
+            raise ValueError(f"steps and eval_every must be >= 1, got {self.steps}, {self.eval_every}")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ValueError("checkpoint_every needs a checkpoint_dir")
+        if isinstance(self.criteria, dict):
+            self.criteria = Criteria(**self.criteria)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "DiscoveryConfig":
+        """Named settings: ``"default"`` or ``"published"`` (the released 40,000-step runs)."""
+        presets = {"default": {}, "published": {"steps": 40_000, "early_stop": False}}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+        return cls(**(presets[name] | overrides))
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DiscoveryConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; valid fields: {sorted(known)}")
+        tuples = {"weights", "hooks", "layers"}
+        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+
+
+@dataclass
+class Discovery:
+    """A search's result: the subnetwork, the history (one row per step) and why it stopped."""
+
+    subnetwork: Subnetwork
+    history: pd.DataFrame
+    config: DiscoveryConfig
+    best_step: int
+    criteria_met: bool
+    stopped: str
+
+    def __repr__(self) -> str:
+        return (f"Discovery({self.subnetwork!r}, best step {self.best_step}, criteria "
+                f"{'met' if self.criteria_met else 'not met'}, stopped: {self.stopped})")
+
+    def _repr_html_(self) -> str:
+        evals = self.history.dropna(subset=["val_target_top1"]) if "val_target_top1" in self.history else self.history
+        return (f"<p><b>{self!r}</b></p>" + self.subnetwork._repr_html_()
+                + evals.tail(10).to_html(index=False, float_format=lambda x: f"{x:.4f}"))
+
+
+# -- data preparation ----------------------------------------------------------
+
+
+def _as_kg_batch(data, model, what: str) -> KGBatch:
+    if isinstance(data, KnowledgeGraph):
+        data = encode(data, model.tokenizer, "train")
+    if not isinstance(data, KGBatch):
+        raise TypeError(f"{what} must be a KnowledgeGraph or a KGBatch, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError(f"{what} is empty")
+    _check_vocab(data.tokens, model, what)
+    return data
+
+
+def _check_vocab(tokens: Tensor, model, what: str) -> None:
+    top = int(tokens.max())
+    if top >= model.cfg.d_vocab:
+        raise ValueError(f"{what} holds token id {top} but the model's vocabulary has "
+                         f"{model.cfg.d_vocab} tokens: the tokenizer does not match the model")
+
+
+def _as_lm_blocks(data, model, block_len: int) -> Int[Tensor, "n block"]:
+    if not isinstance(data, Tensor):
+        data = lm_blocks(data, model.tokenizer, min(block_len, model.cfg.n_ctx))
+    if data.ndim != 2 or len(data) < 2:
+        raise ValueError(f"control_lm needs at least 2 token blocks [n, block_len], got {tuple(data.shape)}")
+    _check_vocab(data, model, "control_lm")
+    return data
+
+
+def _split_by_triplet(batch: KGBatch, fraction: float, seed: int) -> tuple[KGBatch, KGBatch]:
+    """Train/validation rows with every triplet's sentences on one side only."""
+    triplets = batch.triplet_index.unique()
+    if len(triplets) < 2:
+        raise ValueError("control_kg needs at least 2 triplets to hold some out for validation")
+    order = triplets[torch.randperm(len(triplets), generator=torch.Generator().manual_seed(seed))]
+    n_val = min(len(triplets) - 1, max(1, round(len(triplets) * fraction)))
+    val = torch.isin(batch.triplet_index, order[:n_val])
+    return batch[torch.nonzero(~val)[:, 0]], batch[torch.nonzero(val)[:, 0]]
+
+
+def _stack(a: Tensor, b: Tensor, pad: int) -> Tensor:
+    width = max(a.shape[1], b.shape[1])
+    return torch.cat([F.pad(a, (0, width - a.shape[1]), value=pad),
+                      F.pad(b, (0, width - b.shape[1]), value=pad)])
+
+
+@dataclass
+class _Data:
+    """Everything a step and a validation read, on the search's device."""
+
+    target: KGBatch
+    control: KGBatch
+    control_val: KGBatch
+    lm: Int[Tensor, "n block"]
+    lm_val: Int[Tensor, "n block"]
+    control_ref: ReferenceLogProbs  # per control label position, in row order
+    control_ref_rows: Int[Tensor, "n_labels"]
+    lm_ref: ReferenceLogProbs  # per LM position, block-major
+    base_control_top1: float
+    base_lm_ppl: float
+    pad: int
+
+
+@torch.no_grad()
+def _reference(model, tokens: Tensor, select, top_k: int | None, batch_size: int) -> ReferenceLogProbs:
+    """The original model's log-probs at the positions ``select(rows, logits)`` picks, cached once."""
+    parts = []
+    for lo in range(0, len(tokens), batch_size):
+        logits = model(tokens[lo : lo + batch_size])
+        parts.append(ReferenceLogProbs.from_logits(select(lo, logits), top_k))
+    return ReferenceLogProbs(torch.cat([p.logp for p in parts]),
+                             None if parts[0].indices is None else torch.cat([p.indices for p in parts]))
+
+
+def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device) -> _Data:
+    if isinstance(target, KnowledgeGraph) and isinstance(control_kg, KnowledgeGraph):
+        check_disjoint(target, control_kg)
+    t = _as_kg_batch(target, model, "target").to(device)
+    c_all = _as_kg_batch(control_kg, model, "control_kg")
+    overlap = set(t.sentences) & set(c_all.sentences)
+    if overlap:
+        raise ValueError(f"{len(overlap)} sentence(s) are in both target and control_kg, e.g. {sorted(overlap)[:3]}")
+    c, c_val = (b.to(device) for b in _split_by_triplet(c_all, cfg.control_val_fraction, cfg.seed))
+    lm, lm_val = (b.to(device) for b in split_blocks(_as_lm_blocks(control_lm, model, cfg.lm_block_len),
+                                                     cfg.lm_val_fraction, cfg.seed))
+    vocab = model.cfg.d_vocab
+    k = vocab if cfg.reference_top_k is None else min(cfg.reference_top_k, vocab)
+    n_positions = int(c.label_mask.sum()) + lm.numel()
+    gib = n_positions * k * (4 if cfg.reference_top_k is None else 12) / 2**30
+    if gib > cfg.reference_max_gib:
+        raise ValueError(f"caching the original model's outputs would take {gib:.1f} GiB; set "
+                         f"reference_top_k (e.g. 100) or raise reference_max_gib")
+    kg_bs = max(1, cfg.kg_batch_size)
+    control_ref = _reference(model, c.tokens, lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
+                             cfg.reference_top_k, kg_bs)
+    lm_ref = _reference(model, lm, lambda lo, lg: lg.flatten(0, 1), cfg.reference_top_k, cfg.lm_batch_size)
+    return _Data(
+        target=t, control=c, control_val=c_val, lm=lm, lm_val=lm_val,
+        control_ref=control_ref, control_ref_rows=torch.nonzero(c.label_mask)[:, 0],
+        lm_ref=lm_ref,
+        base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
+        base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
+        pad=model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0,
+    )
+
+
+# -- one step ------------------------------------------------------------------
+
+
+def _rows(n: int, size: int, gen: torch.Generator) -> Tensor:
+    """A sorted random minibatch of row indices (sorted, so cached references line up)."""
+    return torch.arange(n) if size >= n else torch.randperm(n, generator=gen)[:size].sort().values
+
+
+def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, gen: torch.Generator,
+            lagrangian: Lagrangian | None) -> dict[str, Tensor]:
+    """All loss terms of one step, under one draw of the masks."""
+    model = masked.model
+    t = data.target[_rows(len(data.target), cfg.kg_batch_size, gen)]
+    c_rows = _rows(len(data.control), cfg.kg_batch_size, gen)
+    c = data.control[c_rows]
+    lm_rows = _rows(len(data.lm), cfg.lm_batch_size, gen).to(data.lm.device)
+    out = {}
+    with masked.step():
+        logits = model(_stack(t.tokens, c.tokens, data.pad))
+        t_logp = logits[: len(t), : t.tokens.shape[1]][t.label_mask].float().log_softmax(-1)
+        c_logp = logits[len(t):, : c.tokens.shape[1]][c.label_mask].float().log_softmax(-1)
+        out["target"] = suppression(t_logp, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
+        ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
+        ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
+        out["control_kg"] = ref.kl(c_logp).mean()
+        lm_logp = model(data.lm[lm_rows]).float().log_softmax(-1).flatten(0, 1)
+        positions = (lm_rows[:, None] * data.lm.shape[1]
+                     + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
+        out["control_lm"] = data.lm_ref[positions].kl(lm_logp).mean()
+        if cfg.expression_weight:
+            with masked.as_mode("keep"):
+                kept = model(t.tokens)[t.label_mask].float()
+            out["expression"] = F.cross_entropy(kept, t.labels[t.label_mask])
+    density = masked.expected_density()
+    out["density"] = density
+    if lagrangian is not None:
+        out["sparsity"] = lagrangian(density)
+    else:
+        out["sparsity"] = sparsity_weight(step, cfg.steps, cfg.sparsity_start, cfg.sparsity_end) * density
+    out["loss"] = (cfg.target_weight * out["target"] + cfg.control_kg_weight * out["control_kg"]
+                   + cfg.control_lm_weight * out["control_lm"] + out["sparsity"]
+                   + cfg.expression_weight * out.get("expression", 0.0))
+    return out
+
+
+# -- validation and checkpoint choice --------------------------------------------
+
+
+@torch.no_grad()
+def _validate(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig) -> dict[str, float]:
+    """Score the deterministic mask on validation data; lower ``shortfall`` is better."""
+    masked.eval()
+    try:
+        model = masked.model
+        sparsity = masked.to_subnetwork().sparsity()
+        target_top1 = kg_metrics(score_kg(model, data.target))["top1"]
+        control_top1 = kg_metrics(score_kg(model, data.control_val))["top1"]
+        lm_ppl = lm_metrics(score_lm(model, data.lm_val))["ppl"]
+    finally:
+        masked.train()
+    ratio = control_top1 / data.base_control_top1 if data.base_control_top1 > 0 else 1.0
+    gaps = cfg.criteria.shortfalls(target_top1, ratio, lm_ppl / data.base_lm_ppl - 1, sparsity)
+    return {"val_target_top1": target_top1, "val_control_top1_ratio": ratio,
+            "val_lm_ppl_rise": lm_ppl / data.base_lm_ppl - 1, "val_sparsity": sparsity,
+            "shortfall": sum(gaps.values()), "criteria_met": all(v == 0 for v in gaps.values())}
+
+
+def _better(val: dict, best: dict | None) -> bool:
+    """The checkpoint rule: meeting the criteria beats not; then higher sparsity, else lower shortfall."""
+    if best is None:
+        return True
+    if val["criteria_met"] != best["criteria_met"]:
+        return val["criteria_met"]
+    if val["criteria_met"]:
+        return val["val_sparsity"] > best["val_sparsity"]
+    return val["shortfall"] < best["shortfall"]
+
+
+# -- the loop ------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds: enough to continue the same run."""
+
+    step: int = 0
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    best_scores: dict | None = None
+
+
+def _checkpoint_path(cfg: DiscoveryConfig) -> Path:
+    return Path(cfg.checkpoint_dir) / "checkpoint.pt"
+
+
+def _save_checkpoint(cfg, trained, optimizers, schedule, gen, state: _State) -> None:
+    path = _checkpoint_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"config": cfg.to_json(), "trained": [m.state_dict() for m in trained],
+               "optimizers": [o.state_dict() for o in optimizers], "schedule": schedule.state_dict(),
+               "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+               "state": dataclasses.asdict(state)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> _State:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    saved = DiscoveryConfig.from_json(payload["config"])
+    ignore = {"steps", "checkpoint_every", "checkpoint_dir", "progress", "early_stop"}
+    diff = [f.name for f in dataclasses.fields(cfg)
+            if f.name not in ignore and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if diff:
+        raise ValueError(f"checkpoint {path} was made with other settings: {diff}")
+    for m, s in zip(trained, payload["trained"]):
+        m.load_state_dict(s)
+    for o, s in zip(optimizers, payload["optimizers"]):
+        o.load_state_dict(s)
+    schedule.load_state_dict(payload["schedule"])
+    gen.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    if payload["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return _State(**payload["state"])
+
+
+def _device(cfg: DiscoveryConfig, model) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {cfg.device!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(cfg.device)
+
+
+def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | None = None,
+             resume: str | os.PathLike | None = None) -> Discovery:
+    """Find the subnetwork whose removal makes ``model`` forget ``target`` and keep the rest.
+
+    Args:
+        model: a ``HookedTransformer`` with a tokenizer; moved to the search's device.
+        target: the TargetKG (``KnowledgeGraph`` or ``KGBatch``) to suppress.
+        control_kg: the ControlKG to maintain; must not share triplets with ``target``.
+        control_lm: LM text to maintain: token blocks ``[n, block_len]`` or a list of strings.
+        config: a ``DiscoveryConfig``; defaults follow the paper.
+        resume: a checkpoint file or folder written by an earlier run with the same config.
+
+    Ctrl-C stops the search and returns the best result so far; a NaN loss stops it
+    with a warning and keeps the last good masks.
+    """
+    cfg = config or DiscoveryConfig()
+    check_model(model)
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer; pass one to HookedTransformer(cfg, tokenizer=...)")
+    device = _device(cfg, model)
+    if next(model.parameters()).device != device:
+        model.to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        data = _prepare(model, target, control_kg, control_lm, cfg, device)
+        with MaskedModel(model, weights=cfg.weights, hooks=cfg.hooks, layers=cfg.layers,
+                         granularity=cfg.granularity, init_prob=cfg.init_prob,
+                         relaxation=get_relaxation(cfg.relaxation, **cfg.relaxation_options)) as masked:
+            return _search(masked, data, cfg, device, resume)
+
+
+def _search(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, device, resume) -> Discovery:
+    masked.train()
+    lagrangian = Lagrangian(1 - cfg.target_sparsity).to(device) if cfg.target_sparsity is not None else None
+    optimizers = [torch.optim.Adam([p for p in masked.parameters() if p.requires_grad], lr=cfg.lr)]
+    if lagrangian is not None:
+        optimizers.append(torch.optim.Adam(lagrangian.parameters(), lr=cfg.lagrangian_lr, maximize=True))
+    warmup = max(1, round(cfg.warmup_fraction * cfg.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda s: min(1.0, (s + 1) / warmup))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    trained = [masked] + ([lagrangian] if lagrangian is not None else [])
+    state = _load_checkpoint(resume, cfg, trained, optimizers, schedule, gen) if resume else _State()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
+                else nullcontext())
+    stopped = "completed all steps"
+    bar = tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps,
+               disable=not cfg.progress, desc="discover")
+    try:
+        for step in bar:
+            with autocast:
+                terms = _losses(masked, data, cfg, step, gen, lagrangian)
+            if not torch.isfinite(terms["loss"]):
+                stopped = f"non-finite loss at step {step}; kept the last good masks"
+                warnings.warn(f"discover: {stopped} (terms: "
+                              f"{ {k: float(v.detach()) for k, v in terms.items()} })", RuntimeWarning)
+                break
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            for o in optimizers:
+                o.step()
+            schedule.step()
+            row = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}}
+            state.step = step + 1
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                masked.check_frozen()
+                row |= _validate(masked, data, cfg)
+                if _better(row, state.best):
+                    state.best = dict(row)
+                    state.best_scores = {k: v.detach().clone() for k, v in masked.state_dict().items()}
+                bar.set_postfix(target=f"{row['val_target_top1']:.2f}", sparsity=f"{row['val_sparsity']:.4f}",
+                                loss=f"{row['loss']:.3f}")
+            state.history.append(row)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                _save_checkpoint(cfg, trained, optimizers, schedule, gen, state)
+            if cfg.early_stop and row.get("criteria_met"):
+                stopped = f"criteria met at step {state.step}"
+                break
+    except KeyboardInterrupt:
+        stopped = f"interrupted at step {state.step}; returning the best result so far"
+        warnings.warn(f"discover: {stopped}", RuntimeWarning)
+    finally:
+        bar.close()
+    if state.best is None:  # stopped before the first validation: judge the current masks
+        state.best = {"step": state.step, **_validate(masked, data, cfg)}
+    else:
+        masked.load_state_dict(state.best_scores)
+    sub = masked.to_subnetwork(config=cfg.to_json(), best_step=state.best["step"], stopped=stopped)
+    return Discovery(sub, pd.DataFrame(state.history), cfg, state.best["step"],
+                     bool(state.best["criteria_met"]), stopped)
