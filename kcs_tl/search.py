@@ -389,6 +389,89 @@ def _device(cfg: DiscoveryConfig, model) -> torch.device:
     return torch.device(cfg.device)
 
 
+class Search:
+    """A search's working state: attached masks, cached original outputs, optimisers.
+
+    ``discover`` drives it; ``step()`` is one optimisation step, the unit that
+    ``benchmarks/step_cost.py`` times. ``close()`` (or leaving a ``with`` block)
+    detaches the masks.
+    """
+
+    def __init__(self, model, target, control_kg, control_lm, config: DiscoveryConfig | None = None):
+        self.cfg = cfg = config or DiscoveryConfig()
+        check_model(model)
+        if model.tokenizer is None:
+            raise ValueError("the model has no tokenizer; pass one to HookedTransformer(cfg, tokenizer=...)")
+        self.device = _device(cfg, model)
+        if next(model.parameters()).device != self.device:
+            model.to(self.device)
+        self.data = _prepare(model, target, control_kg, control_lm, cfg, self.device)
+        self.masked = MaskedModel(model, weights=cfg.weights, hooks=cfg.hooks, layers=cfg.layers,
+                                  granularity=cfg.granularity, init_prob=cfg.init_prob,
+                                  relaxation=get_relaxation(cfg.relaxation, **cfg.relaxation_options)).train()
+        self.lagrangian = (Lagrangian(1 - cfg.target_sparsity).to(self.device)
+                           if cfg.target_sparsity is not None else None)
+        self.optimizers = [torch.optim.Adam([p for p in self.masked.parameters() if p.requires_grad], lr=cfg.lr)]
+        if self.lagrangian is not None:
+            self.optimizers.append(torch.optim.Adam(self.lagrangian.parameters(), lr=cfg.lagrangian_lr,
+                                                    maximize=True))
+        warmup = max(1, round(cfg.warmup_fraction * cfg.steps))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizers[0], lambda s: min(1.0, (s + 1) / warmup))
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.trained = [self.masked] + ([self.lagrangian] if self.lagrangian is not None else [])
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and self.device.type == "cuda"
+                         else nullcontext())
+        self.state = _State()
+
+    def step(self) -> dict[str, Tensor]:
+        """One optimisation step; a non-finite loss is returned without updating anything."""
+        with self.autocast:
+            terms = _losses(self.masked, self.data, self.cfg, self.state.step, self.gen, self.lagrangian)
+        if torch.isfinite(terms["loss"]):
+            for o in self.optimizers:
+                o.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            for o in self.optimizers:
+                o.step()
+            self.schedule.step()
+            self.state.step += 1
+        return terms
+
+    def validate(self) -> dict:
+        """Score the deterministic masks; keep them if they are the best so far."""
+        self.masked.check_frozen()
+        val = _validate(self.masked, self.data, self.cfg)
+        if _better(val, self.state.best):
+            self.state.best = {"step": self.state.step, **val}
+            self.state.best_scores = {k: v.detach().clone() for k, v in self.masked.state_dict().items()}
+        return val
+
+    def save_checkpoint(self) -> None:
+        _save_checkpoint(self.cfg, self.trained, self.optimizers, self.schedule, self.gen, self.state)
+
+    def load_checkpoint(self, path) -> None:
+        self.state = _load_checkpoint(path, self.cfg, self.trained, self.optimizers, self.schedule, self.gen)
+
+    def result(self, stopped: str) -> Discovery:
+        """The chosen checkpoint (see the module docstring) as a Discovery."""
+        if self.state.best is None:  # stopped before the first validation: judge the current masks
+            self.validate()
+        self.masked.load_state_dict(self.state.best_scores)
+        best = self.state.best
+        sub = self.masked.to_subnetwork(config=self.cfg.to_json(), best_step=best["step"], stopped=stopped)
+        return Discovery(sub, pd.DataFrame(self.state.history), self.cfg, best["step"],
+                         bool(best["criteria_met"]), stopped)
+
+    def close(self) -> None:
+        self.masked.detach()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | None = None,
              resume: str | os.PathLike | None = None) -> Discovery:
     """Find the subnetwork whose removal makes ``model`` forget ``target`` and keep the rest.
@@ -402,80 +485,45 @@ def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | No
         resume: a checkpoint file or folder written by an earlier run with the same config.
 
     Ctrl-C stops the search and returns the best result so far; a NaN loss stops it
-    with a warning and keeps the last good masks.
+    with a warning and keeps the last good masks. The global RNG is left as it was.
     """
     cfg = config or DiscoveryConfig()
-    check_model(model)
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer; pass one to HookedTransformer(cfg, tokenizer=...)")
-    device = _device(cfg, model)
-    if next(model.parameters()).device != device:
-        model.to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
-        data = _prepare(model, target, control_kg, control_lm, cfg, device)
-        with MaskedModel(model, weights=cfg.weights, hooks=cfg.hooks, layers=cfg.layers,
-                         granularity=cfg.granularity, init_prob=cfg.init_prob,
-                         relaxation=get_relaxation(cfg.relaxation, **cfg.relaxation_options)) as masked:
-            return _search(masked, data, cfg, device, resume)
+        with Search(model, target, control_kg, control_lm, cfg) as search:
+            if resume:
+                search.load_checkpoint(resume)
+            return search.result(_run(search))
 
 
-def _search(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, device, resume) -> Discovery:
-    masked.train()
-    lagrangian = Lagrangian(1 - cfg.target_sparsity).to(device) if cfg.target_sparsity is not None else None
-    optimizers = [torch.optim.Adam([p for p in masked.parameters() if p.requires_grad], lr=cfg.lr)]
-    if lagrangian is not None:
-        optimizers.append(torch.optim.Adam(lagrangian.parameters(), lr=cfg.lagrangian_lr, maximize=True))
-    warmup = max(1, round(cfg.warmup_fraction * cfg.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda s: min(1.0, (s + 1) / warmup))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    trained = [masked] + ([lagrangian] if lagrangian is not None else [])
-    state = _load_checkpoint(resume, cfg, trained, optimizers, schedule, gen) if resume else _State()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and device.type == "cuda"
-                else nullcontext())
-    stopped = "completed all steps"
-    bar = tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps,
-               disable=not cfg.progress, desc="discover")
+def _run(search: Search) -> str:
+    """Drive ``search`` to its end; returns why it stopped."""
+    cfg, state = search.cfg, search.state
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not cfg.progress, desc="discover")
     try:
-        for step in bar:
-            with autocast:
-                terms = _losses(masked, data, cfg, step, gen, lagrangian)
+        while state.step < cfg.steps:
+            terms = search.step()
             if not torch.isfinite(terms["loss"]):
-                stopped = f"non-finite loss at step {step}; kept the last good masks"
+                stopped = f"non-finite loss at step {state.step}; kept the last good masks"
                 warnings.warn(f"discover: {stopped} (terms: "
                               f"{ {k: float(v.detach()) for k, v in terms.items()} })", RuntimeWarning)
-                break
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            for o in optimizers:
-                o.step()
-            schedule.step()
-            row = {"step": step + 1, **{k: float(v.detach()) for k, v in terms.items()}}
-            state.step = step + 1
+                return stopped
+            row = {"step": state.step, **{k: float(v.detach()) for k, v in terms.items()}}
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                masked.check_frozen()
-                row |= _validate(masked, data, cfg)
-                if _better(row, state.best):
-                    state.best = dict(row)
-                    state.best_scores = {k: v.detach().clone() for k, v in masked.state_dict().items()}
+                row |= search.validate()
                 bar.set_postfix(target=f"{row['val_target_top1']:.2f}", sparsity=f"{row['val_sparsity']:.4f}",
                                 loss=f"{row['loss']:.3f}")
             state.history.append(row)
+            bar.update()
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                _save_checkpoint(cfg, trained, optimizers, schedule, gen, state)
+                search.save_checkpoint()
             if cfg.early_stop and row.get("criteria_met"):
-                stopped = f"criteria met at step {state.step}"
-                break
+                return f"criteria met at step {state.step}"
+        return "completed all steps"
     except KeyboardInterrupt:
         stopped = f"interrupted at step {state.step}; returning the best result so far"
         warnings.warn(f"discover: {stopped}", RuntimeWarning)
+        return stopped
     finally:
         bar.close()
-    if state.best is None:  # stopped before the first validation: judge the current masks
-        state.best = {"step": state.step, **_validate(masked, data, cfg)}
-    else:
-        masked.load_state_dict(state.best_scores)
-    sub = masked.to_subnetwork(config=cfg.to_json(), best_step=state.best["step"], stopped=stopped)
-    return Discovery(sub, pd.DataFrame(state.history), cfg, state.best["step"],
-                     bool(state.best["criteria_met"]), stopped)
