@@ -1,0 +1,137 @@
+"""Built-in pretrained models and their worlds, loadable offline in seconds.
+
+>>> from kcs_tl import zoo
+>>> z = zoo.load("tiny-world")            # HookedTransformer + KnowledgeGraph + text
+>>> z.model.to_str_tokens("A velmora is a type of")
+>>> target = z.target_kg(z.target_roots[0])   # an IsA subtree, 11-40 triplets
+
+Nothing is ever downloaded: the weights (safetensors), tokenizer and world
+ship inside the package (``kcs_tl/zoo/tiny_world/``) and are rebuilt
+deterministically by ``python -m kcs_tl.zoo.build --seed 0``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ZooModel", "load", "available", "MODELS"]
+
+_HERE = Path(__file__).resolve().parent
+MODELS: dict[str, Path] = {"tiny-world": _HERE / "tiny_world"}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`load`."""
+    return sorted(MODELS)
+
+
+@dataclass
+class ZooModel:
+    """A built-in model with everything known about it.
+
+    ``kg`` holds every fact of the world (training and held-out templates);
+    ``lm_text`` has ``"train"`` / ``"validation"`` narrative stories (the
+    ControlLM text; validation was never trained on); ``agreement_test`` and
+    ``gender_test`` are the De Cao et al. probes (prefixes ending right
+    before the verb / pronoun); ``target_roots`` are IsA subtree roots whose
+    subtree has 11-40 triplets.
+    """
+
+    name: str
+    model: Any  # transformer_lens.HookedTransformer
+    tokenizer: Any  # transformers.PreTrainedTokenizerFast
+    kg: Any  # kcs_tl.data.kg.KnowledgeGraph
+    lm_text: dict[str, list[str]]
+    agreement_train: list[str]
+    agreement_test: list
+    gender_train: list[str]
+    gender_test: list
+    target_roots: list[str]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def world(self):
+        """Alias of ``kg``."""
+        return self.kg
+
+    def subtree(self, root: str) -> list:
+        """IsA triplets in the subtree under ``root`` (hyponym edges down to the leaves)."""
+        children: dict[str, list] = {}
+        for t in self.kg:
+            if t.relation == "IsA":
+                children.setdefault(t.tail, []).append(t)
+        if root not in children:
+            raise ValueError(f"{root!r} has no IsA children in {self.name}; "
+                             f"try one of target_roots, e.g. {self.target_roots[:3]}")
+        out, stack = [], [root]
+        while stack:
+            node = stack.pop()
+            for t in children.get(node, []):
+                out.append(t)
+                stack.append(t.head)
+        order = {t: i for i, t in enumerate(self.kg)}
+        return sorted(out, key=order.__getitem__)
+
+    def target_kg(self, root: str):
+        """The IsA subtree under ``root`` as a KnowledgeGraph named ``root``."""
+        return self.kg.subset(self.subtree(root), name=root)
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None) -> ZooModel:
+    """Load a built-in model offline (``path`` overrides the shipped directory)."""
+    if path is None:
+        if name not in MODELS:
+            raise ValueError(f"unknown zoo model {name!r}; valid names: {available()}")
+        root = MODELS[name]
+    else:
+        root = Path(path)
+    if not (root / "model.safetensors").exists():
+        raise FileNotFoundError(f"{root} has no model.safetensors; build it with "
+                                f"`python -m kcs_tl.zoo.build --out {root}`")
+
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from kcs_tl.data.kg import KnowledgeGraph
+    from kcs_tl.zoo.tokenizer import load_tokenizer
+    from kcs_tl.zoo.world import AgreementItem, GenderItem
+
+    tokenizer = load_tokenizer(root / "tokenizer.json")
+    cfg_dict = json.loads((root / "config.json").read_text())
+    cfg = HookedTransformerConfig(**cfg_dict["model"], device=device)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state = load_file(str(root / "model.safetensors"), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params & set(missing):
+        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
+                           f"unexpected {unexpected}")
+    if str(device) != "cpu":
+        model.to(device)
+    model.eval()
+
+    kg = KnowledgeGraph.load(root / "world.jsonl")
+    meta = json.loads((root / "world_meta.json").read_text())
+    agreement_test = [AgreementItem(**json.loads(l)) for l in _read_lines(root / "agreement_test.jsonl")]
+    gender_test = [GenderItem(**json.loads(l)) for l in _read_lines(root / "gender_test.jsonl")]
+    return ZooModel(
+        name=name,
+        model=model,
+        tokenizer=model.tokenizer,
+        kg=kg,
+        lm_text={"train": _read_lines(root / "lm_train.txt"),
+                 "validation": _read_lines(root / "lm_valid.txt")},
+        agreement_train=_read_lines(root / "agreement_train.txt"),
+        agreement_test=agreement_test,
+        gender_train=_read_lines(root / "gender_train.txt"),
+        gender_test=gender_test,
+        target_roots=list(meta["target_roots"]),
+        meta={**meta, "build": cfg_dict.get("build", {})},
+    )
