@@ -19,70 +19,88 @@ from torch import Tensor, nn
 SUPPRESSIONS = ("kl_uniform", "entropy", "margin")
 
 
-def kl_uniform(logp: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
-    """KL(U || p) per row, U uniform over the vocabulary, without materialising U."""
-    return -math.log(logp.shape[-1]) - logp.mean(-1)
+def kl_uniform(logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
+    """KL(U || softmax(logits)) per row, U uniform: ``logsumexp - mean(logits) - log V``.
+
+    No uniform tensor and no log-softmax copy of the logits is built.
+    """
+    return logits.logsumexp(-1) - logits.mean(-1) - math.log(logits.shape[-1])
 
 
-def neg_entropy(logp: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
+def neg_entropy(logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
     """-H(p) per row: minimising it maximises the entropy."""
+    logp = logits.log_softmax(-1)
     return (logp.exp() * logp).sum(-1)
 
 
-def margin(logp: Float[Tensor, "n vocab"], gold: Int[Tensor, "n"], log_margin: float) -> Float[Tensor, "n"]:
+def margin(logits: Float[Tensor, "n vocab"], gold: Int[Tensor, "n"], log_margin: float) -> Float[Tensor, "n"]:
     """How far the gold token's log-probability sits above ``log_margin`` (0 once below)."""
-    return F.relu(logp.gather(-1, gold[:, None])[:, 0] - log_margin)
+    gold_logp = logits.gather(-1, gold[:, None])[:, 0] - logits.logsumexp(-1)
+    return F.relu(gold_logp - log_margin)
 
 
-def suppression(logp: Float[Tensor, "n vocab"], gold: Int[Tensor, "n"], kind: str = "kl_uniform",
+def suppression(logits: Float[Tensor, "n vocab"], gold: Int[Tensor, "n"], kind: str = "kl_uniform",
                 log_margin: float = math.log(1e-3)) -> Tensor:
     """Mean suppression loss on TargetKG label positions."""
     if kind == "kl_uniform":
-        return kl_uniform(logp).mean()
+        return kl_uniform(logits).mean()
     if kind == "entropy":
-        return neg_entropy(logp).mean()
+        return neg_entropy(logits).mean()
     if kind == "margin":
-        return margin(logp, gold, log_margin).mean()
+        return margin(logits, gold, log_margin).mean()
     raise ValueError(f"unknown suppression {kind!r}; choose from {SUPPRESSIONS}")
 
 
-@dataclass
-class ReferenceLogProbs:
-    """The original model's log-probabilities at some positions, cached once.
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product as a batched matmul, without an [n, vocab] product temporary."""
+    return (a[:, None, :] @ b[:, :, None])[:, 0, 0]
 
-    ``indices is None``: full distributions. Otherwise the top-k tokens and their
-    log-probabilities; the rest of the vocabulary is one bucket, so the KL is
-    the exact KL between the two distributions coarsened to k + 1 outcomes (a
-    lower bound on the full KL that is tight when the top k hold the mass).
+
+@dataclass
+class Reference:
+    """The original model's output distributions at some positions, cached once.
+
+    Full (``indices is None``): ``probs`` over the vocabulary and each row's
+    ``neg_entropy``, so ``KL(p || q) = -H(p) + logsumexp(z) - p . z`` for new
+    logits z, with no log-softmax of z. Top-k: the k most likely tokens'
+    probabilities, the rest of the vocabulary one bucket; the KL is then the
+    exact KL between the two distributions coarsened to k + 1 outcomes (a lower
+    bound on the full KL, tight when the top k hold the mass).
     """
 
-    logp: Float[Tensor, "n k"]
+    probs: Float[Tensor, "n k"]
+    neg_entropy: Float[Tensor, "n"]
     indices: Int[Tensor, "n k"] | None = None
 
     @classmethod
-    def from_logits(cls, logits: Float[Tensor, "n vocab"], top_k: int | None) -> "ReferenceLogProbs":
+    def from_logits(cls, logits: Float[Tensor, "n vocab"], top_k: int | None) -> "Reference":
         logp = logits.float().log_softmax(-1)
-        if top_k is None or top_k >= logp.shape[-1]:
-            return cls(logp)
-        values, indices = logp.topk(top_k, dim=-1)
-        return cls(values, indices)
+        if top_k is not None and top_k < logp.shape[-1]:
+            logp, indices = logp.topk(top_k, dim=-1)
+        else:
+            indices = None
+        probs = logp.exp()
+        return cls(probs, (probs * logp).sum(-1), indices)
 
-    def __getitem__(self, rows) -> "ReferenceLogProbs":
-        return ReferenceLogProbs(self.logp[rows], None if self.indices is None else self.indices[rows])
+    @classmethod
+    def cat(cls, parts: list["Reference"]) -> "Reference":
+        return cls(torch.cat([p.probs for p in parts]), torch.cat([p.neg_entropy for p in parts]),
+                   None if parts[0].indices is None else torch.cat([p.indices for p in parts]))
 
-    def to(self, device) -> "ReferenceLogProbs":
-        return ReferenceLogProbs(self.logp.to(device), None if self.indices is None else self.indices.to(device))
+    def __getitem__(self, rows) -> "Reference":
+        return Reference(self.probs[rows], self.neg_entropy[rows],
+                         None if self.indices is None else self.indices[rows])
 
-    def kl(self, logq: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
-        """KL(p_reference || q) per row."""
+    def kl(self, logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
+        """KL(p_reference || softmax(logits)) per row."""
+        lse = logits.logsumexp(-1)
         if self.indices is None:
-            return (self.logp.exp() * (self.logp - logq)).sum(-1)
-        q_top = logq.gather(-1, self.indices)
-        p_top = self.logp.exp()
-        kl_top = (p_top * (self.logp - q_top)).sum(-1)
-        p_rest = (1 - p_top.sum(-1)).clamp_min(1e-12)
-        q_rest = (1 - q_top.exp().sum(-1)).clamp_min(1e-12)
-        return kl_top + p_rest * (p_rest.log() - q_rest.log())
+            return self.neg_entropy + lse - _rowdot(self.probs, logits)
+        logq_top = logits.gather(-1, self.indices) - lse[:, None]
+        p_rest = (1 - self.probs.sum(-1)).clamp_min(1e-12)
+        q_rest = (1 - logq_top.exp().sum(-1)).clamp_min(1e-12)
+        return (self.neg_entropy - _rowdot(self.probs, logq_top)
+                + p_rest * (p_rest.log() - q_rest.log()))
 
 
 def sparsity_weight(step: int, total: int, start: float = 2.0, end: float = 3.0) -> float:

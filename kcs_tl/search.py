@@ -40,7 +40,7 @@ from kcs_tl.data.verbalise import encode
 from kcs_tl.masks.masked_model import MaskedModel
 from kcs_tl.masks.relaxations import get_relaxation
 from kcs_tl.metrics import Criteria, kg_metrics, lm_metrics, score_kg, score_lm
-from kcs_tl.objectives import Lagrangian, ReferenceLogProbs, sparsity_weight, suppression
+from kcs_tl.objectives import Lagrangian, Reference, sparsity_weight, suppression
 from kcs_tl.subnetwork import Subnetwork
 
 
@@ -146,9 +146,16 @@ class Discovery:
 # -- data preparation ----------------------------------------------------------
 
 
+def _tokenizer(model, what: str):
+    if model.tokenizer is None:
+        raise ValueError(f"{what} needs tokenising but the model has no tokenizer; pass one to "
+                         "HookedTransformer(cfg, tokenizer=...) or give pre-tokenised inputs")
+    return model.tokenizer
+
+
 def _as_kg_batch(data, model, what: str) -> KGBatch:
     if isinstance(data, KnowledgeGraph):
-        data = encode(data, model.tokenizer, "train")
+        data = encode(data, _tokenizer(model, what), "train")
     if not isinstance(data, KGBatch):
         raise TypeError(f"{what} must be a KnowledgeGraph or a KGBatch, got {type(data).__name__}")
     if len(data) == 0:
@@ -166,7 +173,7 @@ def _check_vocab(tokens: Tensor, model, what: str) -> None:
 
 def _as_lm_blocks(data, model, block_len: int) -> Int[Tensor, "n block"]:
     if not isinstance(data, Tensor):
-        data = lm_blocks(data, model.tokenizer, min(block_len, model.cfg.n_ctx))
+        data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx))
     if data.ndim != 2 or len(data) < 2:
         raise ValueError(f"control_lm needs at least 2 token blocks [n, block_len], got {tuple(data.shape)}")
     _check_vocab(data, model, "control_lm")
@@ -199,23 +206,22 @@ class _Data:
     control_val: KGBatch
     lm: Int[Tensor, "n block"]
     lm_val: Int[Tensor, "n block"]
-    control_ref: ReferenceLogProbs  # per control label position, in row order
+    control_ref: Reference  # per control label position, in row order
     control_ref_rows: Int[Tensor, "n_labels"]
-    lm_ref: ReferenceLogProbs  # per LM position, block-major
+    lm_ref: Reference  # per LM position, block-major
     base_control_top1: float
     base_lm_ppl: float
     pad: int
 
 
 @torch.no_grad()
-def _reference(model, tokens: Tensor, select, top_k: int | None, batch_size: int) -> ReferenceLogProbs:
+def _reference(model, tokens: Tensor, select, top_k: int | None, batch_size: int) -> Reference:
     """The original model's log-probs at the positions ``select(rows, logits)`` picks, cached once."""
     parts = []
     for lo in range(0, len(tokens), batch_size):
         logits = model(tokens[lo : lo + batch_size])
-        parts.append(ReferenceLogProbs.from_logits(select(lo, logits), top_k))
-    return ReferenceLogProbs(torch.cat([p.logp for p in parts]),
-                             None if parts[0].indices is None else torch.cat([p.indices for p in parts]))
+        parts.append(Reference.from_logits(select(lo, logits), top_k))
+    return Reference.cat(parts)
 
 
 def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device) -> _Data:
@@ -246,7 +252,7 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
         lm_ref=lm_ref,
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
-        pad=model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0,
+        pad=getattr(model.tokenizer, "pad_token_id", None) or 0,
     )
 
 
@@ -269,16 +275,16 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
     out = {}
     with masked.step():
         logits = model(_stack(t.tokens, c.tokens, data.pad))
-        t_logp = logits[: len(t), : t.tokens.shape[1]][t.label_mask].float().log_softmax(-1)
-        c_logp = logits[len(t):, : c.tokens.shape[1]][c.label_mask].float().log_softmax(-1)
-        out["target"] = suppression(t_logp, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
+        t_logits = logits[: len(t), : t.tokens.shape[1]][t.label_mask].float()
+        c_logits = logits[len(t):, : c.tokens.shape[1]][c.label_mask].float()
+        out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
         ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
         ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
-        out["control_kg"] = ref.kl(c_logp).mean()
-        lm_logp = model(data.lm[lm_rows]).float().log_softmax(-1).flatten(0, 1)
+        out["control_kg"] = ref.kl(c_logits).mean()
+        lm_logits = model(data.lm[lm_rows]).float().flatten(0, 1)
         positions = (lm_rows[:, None] * data.lm.shape[1]
                      + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
-        out["control_lm"] = data.lm_ref[positions].kl(lm_logp).mean()
+        out["control_lm"] = data.lm_ref[positions].kl(lm_logits).mean()
         if cfg.expression_weight:
             with masked.as_mode("keep"):
                 kept = model(t.tokens)[t.label_mask].float()
@@ -400,8 +406,6 @@ class Search:
     def __init__(self, model, target, control_kg, control_lm, config: DiscoveryConfig | None = None):
         self.cfg = cfg = config or DiscoveryConfig()
         check_model(model)
-        if model.tokenizer is None:
-            raise ValueError("the model has no tokenizer; pass one to HookedTransformer(cfg, tokenizer=...)")
         self.device = _device(cfg, model)
         if next(model.parameters()).device != self.device:
             model.to(self.device)

@@ -1,0 +1,155 @@
+"""discover(): objective pieces, caching, checkpoint rule, resume, faults."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import kcs_tl.search as search
+from kcs_tl.baselines import random_like
+from kcs_tl.metrics import score_kg
+from kcs_tl.objectives import Reference, kl_uniform, sparsity_weight
+from kcs_tl.search import DiscoveryConfig, discover
+
+QUICK = dict(steps=30, eval_every=10, kg_batch_size=16, lm_batch_size=4, progress=False,
+             early_stop=False, layers=(1,))
+
+
+def test_closed_form_kl_uniform_equals_the_explicit_one():
+    logits = torch.randn(5, 37) * 3
+    uniform = torch.full_like(logits, 1 / 37)
+    explicit = torch.nn.functional.kl_div(logits.log_softmax(-1), uniform, reduction="none").sum(-1)
+    torch.testing.assert_close(kl_uniform(logits), explicit)
+
+
+def test_reference_kl_full_and_top_k():
+    p_logits, q_logits = torch.randn(4, 50) * 2, torch.randn(4, 50) * 2
+    p, q = p_logits.log_softmax(-1), q_logits.log_softmax(-1)
+    full = (p.exp() * (p - q)).sum(-1)
+    torch.testing.assert_close(Reference.from_logits(p_logits, None).kl(q_logits), full)
+    torch.testing.assert_close(Reference.from_logits(p_logits, 50).kl(q_logits), full)
+    top = Reference.from_logits(p_logits, 5).kl(q_logits)
+    assert torch.all(top <= full + 1e-6) and torch.all(top >= 0)
+
+
+def test_sparsity_schedule_is_flat_then_linear():
+    assert sparsity_weight(0, 100) == 2 and sparsity_weight(50, 100) == 2
+    assert sparsity_weight(75, 100) == pytest.approx(2.5) and sparsity_weight(100, 100) == 3
+
+
+def test_cached_original_outputs_equal_a_fresh_forward(toy):
+    model, target, control, blocks = toy
+    data = search._prepare(model, target, control, blocks, DiscoveryConfig(), torch.device("cpu"))
+    fresh = model(data.control.tokens)[data.control.label_mask].softmax(-1)
+    torch.testing.assert_close(data.control_ref.probs, fresh)
+    fresh_lm = model(data.lm).softmax(-1).flatten(0, 1)
+    torch.testing.assert_close(data.lm_ref.probs, fresh_lm)
+    # and the KL against the cache is zero for the unmasked model
+    torch.testing.assert_close(data.lm_ref.kl(model(data.lm).flatten(0, 1)), torch.zeros(len(fresh_lm)),
+                               atol=1e-5, rtol=0)
+
+
+def test_a_short_search_hurts_the_target_more_than_the_control(toy):
+    model, target, control, blocks = toy
+    found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK))
+    from kcs_tl.data import encode
+    t, c = encode(target, model.tokenizer), encode(control, model.tokenizer)
+    before_t, before_c = score_kg(model, t).logp.mean(), score_kg(model, c).logp.mean()
+    with found.subnetwork.removed(model):
+        after_t, after_c = score_kg(model, t).logp.mean(), score_kg(model, c).logp.mean()
+    assert before_t - after_t > before_c - after_c
+    assert 0 < found.best_step <= 30 and found.stopped == "completed all steps"
+    assert {"target", "control_kg", "control_lm", "sparsity", "val_sparsity"} <= set(found.history.columns)
+    assert found.subnetwork.settings["config"]["steps"] == 30
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_the_random_baseline_removes_exactly_the_same_counts_per_site(toy):
+    model, target, control, blocks = toy
+    sub = discover(model, target, control, blocks, DiscoveryConfig(**QUICK)).subnetwork
+    for seed in range(3):
+        other = random_like(sub, seed)
+        assert {a: int(m.sum()) for a, m in other.masks.items()} == {a: int(m.sum()) for a, m in sub.masks.items()}
+    assert not all(torch.equal(random_like(sub, 0).masks[a], sub.masks[a]) for a in sub.masks) or \
+        sub.n_in_subnetwork() == 0
+
+
+def test_config_round_trips_through_json_and_refuses_unknown_fields():
+    cfg = DiscoveryConfig(layers=(2, 3), hooks=("mlp.hook_post",), target_sparsity=0.99)
+    assert DiscoveryConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(ValueError, match="unknown config fields \\['stepz'\\]"):
+        DiscoveryConfig.from_json({"stepz": 3})
+    assert DiscoveryConfig.preset("published").steps == 40_000
+    with pytest.raises(ValueError, match="published"):
+        DiscoveryConfig.preset("fast")
+
+
+def test_resume_from_a_checkpoint_continues_the_same_run(toy, tmp_path, monkeypatch):
+    model, target, control, blocks = toy
+    cfg = DiscoveryConfig(**QUICK | {"checkpoint_every": 10, "checkpoint_dir": str(tmp_path / "a")})
+    save = search._save_checkpoint
+
+    def keep_step_10(cfg_, trained, optimizers, schedule, gen, state):
+        save(cfg_, trained, optimizers, schedule, gen, state)
+        if state.step == 10:
+            shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "step10.pt")
+
+    monkeypatch.setattr(search, "_save_checkpoint", keep_step_10)
+    whole = discover(model, target, control, blocks, cfg)
+    resumed = discover(model, target, control, blocks, cfg, resume=tmp_path / "step10.pt")
+    assert all(torch.equal(whole.subnetwork.masks[a], resumed.subnetwork.masks[a]) for a in whole.subnetwork.masks)
+    torch.testing.assert_close(torch.tensor(whole.history["loss"].values), torch.tensor(resumed.history["loss"].values))
+    with pytest.raises(ValueError, match="other settings: \\['lr'\\]"):
+        discover(model, target, control, blocks, DiscoveryConfig(**QUICK | {"lr": 0.1}), resume=tmp_path / "step10.pt")
+
+
+def test_overlapping_or_mismatched_inputs_are_refused(toy):
+    model, target, control, blocks = toy
+    with pytest.raises(ValueError, match="also target triplets"):
+        discover(model, target, target, blocks)
+    with pytest.raises(ValueError, match="does not match the model"):
+        discover(model, target, control, blocks + model.cfg.d_vocab, DiscoveryConfig(**QUICK))
+    with pytest.raises(TypeError, match="KnowledgeGraph or a KGBatch"):
+        discover(model, ["a fact"], control, blocks)
+
+
+def test_a_nan_loss_stops_with_a_warning_and_keeps_the_last_good_masks(toy, monkeypatch):
+    model, target, control, blocks = toy
+    losses = search._losses
+
+    def nan_at_step_12(masked, data, cfg, step, gen, lagrangian):
+        out = losses(masked, data, cfg, step, gen, lagrangian)
+        if step == 12:
+            out["loss"] = out["loss"] * math.nan
+        return out
+
+    monkeypatch.setattr(search, "_losses", nan_at_step_12)
+    with pytest.warns(RuntimeWarning, match="non-finite loss at step 12"):
+        found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK))
+    assert found.best_step == 10 and len(found.history) == 12
+
+
+def test_ctrl_c_returns_the_best_result_so_far(toy, monkeypatch):
+    model, target, control, blocks = toy
+    losses = search._losses
+
+    def interrupt_at_step_25(masked, data, cfg, step, gen, lagrangian):
+        if step == 25:
+            raise KeyboardInterrupt
+        return losses(masked, data, cfg, step, gen, lagrangian)
+
+    monkeypatch.setattr(search, "_losses", interrupt_at_step_25)
+    with pytest.warns(RuntimeWarning, match="interrupted at step 25"):
+        found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK))
+    assert found.best_step in (10, 20)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_lagrangian_and_hard_concrete_options_run(toy):
+    model, target, control, blocks = toy
+    cfg = DiscoveryConfig(**QUICK | {"relaxation": "hard_concrete", "target_sparsity": 0.9,
+                                     "hooks": ("mlp.hook_post",), "weights": (), "expression_weight": 0.5})
+    found = discover(model, target, control, blocks, cfg)
+    assert "expression" in found.history and found.subnetwork.sites.keys() == {"blocks.1.mlp.hook_post"}
