@@ -1,0 +1,104 @@
+"""The built-in world and model: deterministic, offline, and it knows its facts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from kcs_tl import zoo
+from kcs_tl.zoo.world import generate_world, knowledge_graph
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return zoo.load("tiny-world")
+
+
+def test_world_deterministic_per_seed():
+    a, b, c = generate_world(0), generate_world(0), generate_world(1)
+    assert a.triplets == b.triplets
+    assert a.narrative_train == b.narrative_train and a.agreement_test == b.agreement_test
+    assert a.triplets != c.triplets
+
+
+def test_world_does_not_touch_global_random_state():
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    generate_world(0)
+    assert random.random() == expected
+
+
+def test_world_shape():
+    w = generate_world(0)
+    kg = knowledge_graph(w)
+    assert 300 <= len(w.entities) <= 500
+    assert len(kg.relations) >= 8
+    # functional: one tail per (head, relation)
+    keys = [(t.head, t.relation) for t in kg]
+    assert len(keys) == len(set(keys))
+    for rel in kg.relations:
+        assert len(kg.templates[rel]) + len(kg.held_out_templates[rel]) >= 4
+        assert kg.held_out_templates[rel]
+    assert w.target_roots
+    for r in w.target_roots:
+        assert 11 <= len(w.subtree_triplets(r)) <= 40
+    # held-out templates never appear in any training text
+    train_text = set(w.fact_sentences())
+    held = set(w.fact_sentences(held_out=True))
+    assert not (train_text & held)
+
+
+def test_unknown_name_refused():
+    with pytest.raises(ValueError, match="tiny-world"):
+        zoo.load("no-such-model")
+    assert "tiny-world" in zoo.available()
+
+
+def test_loads_offline_in_eval_mode(tiny):
+    m = tiny.model
+    assert not m.training
+    assert m.cfg.n_layers >= 2 and m.cfg.normalization_type == "LN"
+    assert len(tiny.lm_text["train"]) > 0 and len(tiny.lm_text["validation"]) > 0
+    assert tiny.agreement_test and tiny.gender_test
+    assert tiny.world is tiny.kg
+    assert tiny.meta["seed"] == 0
+
+
+def test_tokenizer_round_trip_and_bos(tiny):
+    m = tiny.model
+    text = "A " + tiny.kg[0].head + " is a type of " + tiny.kg[0].tail + "."
+    toks = m.to_tokens(text)
+    assert toks[0, 0].item() == m.tokenizer.bos_token_id
+    assert m.to_string(toks[0, 1:]) == text
+    assert m.to_tokens(text, prepend_bos=False)[0, 0].item() != m.tokenizer.bos_token_id
+    assert "".join(m.to_str_tokens(text, prepend_bos=False)) == text
+    assert m.tokenizer.decode(m.tokenizer.encode(text)) == text
+    assert m.tokenizer.pad_token_id != m.tokenizer.bos_token_id
+
+
+def test_entity_names_are_several_tokens(tiny):
+    heads = [t.head for t in tiny.kg if t.relation == "AtLocation"]
+    lengths = [len(tiny.tokenizer.encode(" " + h, add_special_tokens=False)) for h in heads]
+    assert sum(lengths) / len(lengths) >= 2.0
+
+
+def test_recalls_sample_of_facts(tiny):
+    from kcs_tl.zoo.quality import fact_accuracy
+
+    rng = random.Random(0)
+    sample = tiny.kg.subset(rng.sample(list(tiny.kg), 50), name="sample")
+    with torch.no_grad():
+        acc = fact_accuracy(tiny.model, sample, "train")
+    assert acc >= 0.9
+
+
+def test_target_kg(tiny):
+    root = tiny.target_roots[0]
+    target = tiny.target_kg(root)
+    assert 11 <= len(target) <= 40
+    assert all(t.relation == "IsA" for t in target)
+    with pytest.raises(ValueError):
+        tiny.subtree("not-a-node")
