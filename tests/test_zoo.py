@@ -102,3 +102,30 @@ def test_target_kg(tiny):
     assert all(t.relation == "IsA" for t in target)
     with pytest.raises(ValueError):
         tiny.subtree("not-a-node")
+
+
+def test_shipped_files_match_the_generator(tiny):
+    """The shipped world and tokenizer are exactly what seed 0 regenerates."""
+    from tokenizers import Tokenizer
+
+    from kcs_tl.zoo.tokenizer import train_tokenizer
+    from kcs_tl.zoo.world import tokenizer_corpus
+
+    w = generate_world(tiny.meta["seed"])
+    assert knowledge_graph(w) == tiny.kg
+    assert w.narrative_valid == tiny.lm_text["validation"]
+    assert list(w.agreement_test) == list(tiny.agreement_test)
+    shipped = Tokenizer.from_file(str(zoo.MODELS["tiny-world"] / "tokenizer.json"))
+    assert train_tokenizer(tokenizer_corpus(w)).to_str() == shipped.to_str()
+
+
+@pytest.mark.slow
+def test_build_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    from kcs_tl.zoo import build
+
+    for d in ("a", "b"):
+        build.main(["--out", str(tmp_path / d), "--steps", "4", "--eval-every", "2"])
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

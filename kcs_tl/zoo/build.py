@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
 
     # ---- world, tokenizer, files -------------------------------------------
     world = generate_world(args.seed)
