@@ -97,3 +97,19 @@ def synthetic_data(model: HookedTransformer, kg_batch: int, kg_len: int, lm_batc
 
 def mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
+
+
+def builtin_search(root: int | str, seed: int, cfg, n_random: int = 3):
+    """Discover and evaluate on the built-in forgetting task; returns (task, discovery, evaluation, seconds)."""
+    from kcs_tl import discover, evaluate, zoo
+    from kcs_tl.search import DiscoveryConfig
+    from kcs_tl.zoo.task import forgetting_task
+
+    z = zoo.load("tiny-world")
+    task = forgetting_task(z, root)
+    cfg = DiscoveryConfig.from_json(cfg.to_json() | {"seed": seed, "progress": False})
+    start = time.perf_counter()
+    found = discover(z.model, task.target, task.control, task.lm, cfg)
+    seconds = time.perf_counter() - start
+    result = evaluate(z.model, found.subnetwork, task.target, task.control, task.lm, n_random=n_random, seed=seed)
+    return task, found, result, seconds

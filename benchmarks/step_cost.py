@@ -137,14 +137,14 @@ def report(row: dict) -> None:
 
 def builtin_case(quick: bool):
     from kcs_tl import zoo
-    from kcs_tl.data import encode, lm_blocks
-    from kcs_tl.data.splits import target_control_split
+    from kcs_tl.data import encode
+    from kcs_tl.zoo.task import forgetting_task
 
     z = zoo.load("tiny-world")
-    target, control = target_control_split(z.kg, z.target_kg(z.target_roots[0]), n_control=600, seed=0)
-    blocks = lm_blocks(z.lm_text["train"], z.tokenizer, z.model.cfg.n_ctx, max_blocks=40)
+    task = forgetting_task(z)
     cfg = DiscoveryConfig(progress=False, **({"kg_batch_size": 16, "lm_batch_size": 2} if quick else {}))
-    return "built-in tiny-world", z.model, encode(target, z.tokenizer), encode(control, z.tokenizer), blocks, cfg
+    return ("built-in tiny-world", z.model, encode(task.target, z.tokenizer), encode(task.control, z.tokenizer),
+            task.lm, cfg)
 
 
 def gpt2_case(quick: bool, device: str, kg_batch: int, lm_batch: int, lm_len: int):

@@ -14,17 +14,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from kcs_tl.analysis.report import write_report
 from kcs_tl.data import KnowledgeGraph, lm_blocks, load_wordnet, load_wordnet_control
-from kcs_tl.data.splits import target_control_split
 from kcs_tl.metrics import Criteria, Evaluation, evaluate
 from kcs_tl.search import DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork
-
-DEMO_ROOT_INDEX = 0
-DEMO_CONTROL_SIZE = 600
-
 
 # -- inputs --------------------------------------------------------------------
 
@@ -80,7 +76,8 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
         out: Path, overwrite: bool, n_random: int = 3) -> tuple[Subnetwork, Evaluation]:
     """Discover, evaluate against random subnetworks, write everything to ``out``, print the table."""
     check_out(out, overwrite)
-    blocks = lm_blocks(lm_text, model.tokenizer, min(cfg.lm_block_len, model.cfg.n_ctx))
+    blocks = lm_text if isinstance(lm_text, torch.Tensor) else lm_blocks(
+        lm_text, model.tokenizer, min(cfg.lm_block_len, model.cfg.n_ctx))
     start = time.perf_counter()
     found = discover(model, target, control, blocks, cfg)
     seconds = time.perf_counter() - start
@@ -110,15 +107,14 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
 
 def cmd_demo(args) -> None:
     from kcs_tl import zoo
+    from kcs_tl.zoo.task import forgetting_task
 
     z = zoo.load("tiny-world")
-    root = args.root or z.target_roots[DEMO_ROOT_INDEX]
-    target = z.target_kg(root)
-    target, control = target_control_split(z.kg, target, n_control=DEMO_CONTROL_SIZE, seed=0)
+    task = forgetting_task(z, args.root or 0)
     print(f"built-in model tiny-world: {z.model.cfg.n_layers} layers, d_model {z.model.cfg.d_model}; "
-          f"TargetKG: the {len(target)} IsA facts under {root!r} (e.g. {target[0]}); "
-          f"ControlKG: {len(control)} other facts; ControlLM: narrative text")
-    run(z.model, target, control, z.lm_text["train"], config_from(args), Path(args.out), args.overwrite)
+          f"TargetKG: the {len(task.target)} IsA facts under {task.root!r} (e.g. {task.target[0]}); "
+          f"ControlKG: {len(task.control)} other facts; ControlLM: {len(task.lm)} blocks of narrative text")
+    run(z.model, task.target, task.control, task.lm, config_from(args), Path(args.out), args.overwrite)
 
 
 def cmd_discover(args) -> None:

@@ -1,0 +1,45 @@
+"""The built-in forgetting task: one IsA subtree of the world as TargetKG, the rest as control.
+
+Shared by ``kcs-tl demo``, the tests and the benchmarks so they all measure the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jaxtyping import Int
+from torch import Tensor
+
+from kcs_tl.data import KnowledgeGraph, lm_blocks
+from kcs_tl.data.splits import target_control_split
+
+CONTROL_SIZE = 600  # ControlKG triplets sampled from the rest of the world
+LM_BLOCKS = 200  # ControlLM blocks of n_ctx tokens (train + validation)
+
+
+@dataclass
+class Task:
+    """What a search needs, plus where it came from."""
+
+    root: str
+    target: KnowledgeGraph
+    control: KnowledgeGraph
+    lm: Int[Tensor, "n_blocks block_len"]
+
+
+def forgetting_task(zoo_model, root: str | int = 0, seed: int = 0, n_control: int = CONTROL_SIZE,
+                    n_blocks: int = LM_BLOCKS) -> Task:
+    """The IsA facts under ``root`` (a name, or an index into ``target_roots``) to forget.
+
+    The ControlKG is ``n_control`` other facts of the world (never a target triplet;
+    facts about target entities in other relations may appear and must be kept).
+    """
+    if isinstance(root, int):
+        if not 0 <= root < len(zoo_model.target_roots):
+            raise ValueError(f"root index {root} out of range 0..{len(zoo_model.target_roots) - 1}")
+        root = zoo_model.target_roots[root]
+    target, control = target_control_split(zoo_model.kg, zoo_model.target_kg(root), n_control=n_control,
+                                           seed=seed)
+    blocks = lm_blocks(zoo_model.lm_text["train"], zoo_model.tokenizer, zoo_model.model.cfg.n_ctx,
+                       max_blocks=n_blocks)
+    return Task(root, target, control, blocks)
