@@ -1,0 +1,80 @@
+"""The benchmark scripts run end to end at --quick sizes and report sane fields.
+
+No timing thresholds: the machine is shared and noisy, so only the presence,
+sign and finiteness of the numbers are checked. They run on one torch thread:
+on a shared 2-core machine the default 2 threads made the built-in case take
+minutes instead of seconds (thread oversubscription).
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import scaling  # noqa: E402
+import step_cost  # noqa: E402
+
+BUILTIN_WEIGHTS = Path(__file__).resolve().parents[1] / "kcs_tl" / "zoo" / "tiny_world" / "model.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _check_step_cost(rows, out: str) -> None:
+    assert len(rows) == 1
+    row = rows[0]
+    for key in ("a", "b", "c"):
+        assert row[key + "_s"] > 0
+        assert row[key + "_peak"] >= 0
+    assert row["state"] > 0 and row["weights"] > 0
+    for ratio in step_cost.TARGETS:
+        assert math.isfinite(row[ratio]) and row[ratio] > 0, ratio
+    assert row["model"] in out
+    for label in ("(a) plain fine-tuning step", "(b) discover step", "(c) published-scheme step", "mask state"):
+        assert label in out
+    for ratio in step_cost.TARGETS:
+        assert ratio in out
+    assert "meets" in out or "MISSES" in out
+
+
+def test_step_cost_quick_gpt2(capsys):
+    rows = step_cost.main(["--quick", "--models", "gpt2"])
+    _check_step_cost(rows, capsys.readouterr().out)
+
+
+def test_step_cost_quick_builtin(capsys):
+    assert BUILTIN_WEIGHTS.exists(), "the built-in tiny-world model is not shipped"
+    rows = step_cost.main(["--quick", "--models", "builtin"])
+    _check_step_cost(rows, capsys.readouterr().out)
+    assert "tiny-world" in rows[0]["model"]
+
+
+def test_scaling_quick(tmp_path, capsys):
+    png = tmp_path / "sub" / "s.png"  # a folder that does not exist yet
+    rows = scaling.main(["--quick", "--out", str(png)])
+    out = capsys.readouterr().out
+    assert {r["sweep"] for r in rows} == {"depth", "width"}
+    for r in rows:
+        assert r["masked_params"] > 0
+        assert r["step_s"] > 0
+        assert r["peak_bytes"] >= 0
+        assert math.isfinite(r["ms_per_m"]) and r["ms_per_m"] > 0
+        assert r["ms_per_m"] == pytest.approx(r["step_s"] * 1e3 / (r["masked_params"] / 1e6))
+        assert f"{r['masked_params']:,d}" in out
+    # masking more layers (depth) or wider layers (width) masks more parameters
+    for sweep in ("depth", "width"):
+        counts = [r["masked_params"] for r in rows if r["sweep"] == sweep]
+        assert counts == sorted(counts) and len(set(counts)) == len(counts) > 1
+    for header in ("masked params", "step ms", "peak MiB", "ms / M masked"):
+        assert header in out
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
