@@ -177,22 +177,20 @@ class Subnetwork:
         return Attachment(model, list(self.sites.values()), gates.__getitem__, repl.get)
 
     @contextmanager
-    def removed(self, model):
-        """Inside the block, ``model`` runs without the subnetwork."""
-        handle = self.attach(model, "remove")
+    def _attached(self, model, mode: str):
+        handle = self.attach(model, mode)
         try:
             yield model
         finally:
             handle.detach()
 
-    @contextmanager
+    def removed(self, model):
+        """Context manager: inside the block, ``model`` runs without the subnetwork."""
+        return self._attached(model, "remove")
+
     def kept_only(self, model):
-        """Inside the block, ``model`` runs with only the subnetwork (within the masked sites)."""
-        handle = self.attach(model, "keep")
-        try:
-            yield model
-        finally:
-            handle.detach()
+        """Context manager: inside the block, ``model`` runs with only the subnetwork (within the masked sites)."""
+        return self._attached(model, "keep")
 
     @torch.no_grad()
     def apply(self, model, mode: str = "remove"):

@@ -66,3 +66,13 @@ def toy_world():
 @pytest.fixture
 def toy():
     return toy_world()
+
+
+@pytest.fixture(scope="session")
+def builtin():
+    """The shipped tiny-world model and its default forgetting task (loaded once)."""
+    from kcs_tl import zoo
+    from kcs_tl.zoo.task import forgetting_task
+
+    z = zoo.load()
+    return z, forgetting_task(z, 0, n_control=200, n_blocks=40)

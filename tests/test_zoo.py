@@ -101,7 +101,7 @@ def test_target_kg(tiny):
     assert 11 <= len(target) <= 40
     assert all(t.relation == "IsA" for t in target)
     with pytest.raises(ValueError):
-        tiny.subtree("not-a-node")
+        tiny.target_kg("not-a-node")
 
 
 def test_shipped_files_match_the_generator(tiny):

@@ -57,27 +57,11 @@ class ZooModel:
         """Alias of ``kg``."""
         return self.kg
 
-    def subtree(self, root: str) -> list:
-        """IsA triplets in the subtree under ``root`` (hyponym edges down to the leaves)."""
-        children: dict[str, list] = {}
-        for t in self.kg:
-            if t.relation == "IsA":
-                children.setdefault(t.tail, []).append(t)
-        if root not in children:
-            raise ValueError(f"{root!r} has no IsA children in {self.name}; "
-                             f"try one of target_roots, e.g. {self.target_roots[:3]}")
-        out, stack = [], [root]
-        while stack:
-            node = stack.pop()
-            for t in children.get(node, []):
-                out.append(t)
-                stack.append(t.head)
-        order = {t: i for i, t in enumerate(self.kg)}
-        return sorted(out, key=order.__getitem__)
-
     def target_kg(self, root: str):
         """The IsA subtree under ``root`` as a KnowledgeGraph named ``root``."""
-        return self.kg.subset(self.subtree(root), name=root)
+        from kcs_tl.data.splits import subtree
+
+        return subtree(self.kg, root, "IsA")
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -1,0 +1,55 @@
+"""The kcs-tl command, end to end on the built-in model with tiny settings."""
+
+import json
+
+import pytest
+
+from kcs_tl.cli import main
+from kcs_tl.subnetwork import Subnetwork
+
+TINY = ["--steps", "8"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"eval_every": 4, "kg_batch_size": 16, "lm_batch_size": 2, "progress": False}))
+    return ["--config", str(path)]
+
+
+def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path, tiny_config, capsys):
+    out = tmp_path / "demo"
+    main(["demo", "--out", str(out), *TINY, *tiny_config])
+    printed = capsys.readouterr().out
+    assert "TargetKG" in printed and "criteria:" in printed and "random" in printed
+    assert {p.name for p in out.iterdir()} == {"subnetwork", "summary.html", "history.csv", "evaluation.csv"}
+    assert "<table" in (out / "summary.html").read_text()
+    Subnetwork.load(out / "subnetwork")
+    with pytest.raises(SystemExit, match="already holds a result"):
+        main(["demo", "--out", str(out), *TINY, *tiny_config])
+    main(["demo", "--out", str(out), "--overwrite", *TINY, *tiny_config])
+
+
+def test_discover_and_evaluate_on_user_files(tmp_path, tiny_config, builtin, capsys):
+    z, task = builtin
+    task.target.save(tmp_path / "target.jsonl")
+    task.control.save(tmp_path / "control.jsonl")
+    (tmp_path / "lm.txt").write_text("\n".join(z.lm_text["validation"][:60]))
+    files = ["--target", str(tmp_path / "target.jsonl"), "--control", str(tmp_path / "control.jsonl"),
+             "--lm", str(tmp_path / "lm.txt")]
+    main(["discover", *files, "--out", str(tmp_path / "run"), *TINY, *tiny_config])
+    main(["evaluate", *files, "--subnetwork", str(tmp_path / "run" / "subnetwork"), "--n-random", "1",
+          "--out", str(tmp_path / "eval")])
+    assert "Evaluation(sparsity" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "evaluation.csv").is_file()
+
+
+def test_bad_arguments_get_clear_messages(tmp_path):
+    with pytest.raises(SystemExit, match="neither a file nor wordnet:ROOT"):
+        main(["discover", "--target", "nowhere.jsonl", "--control", "wordnet:control", "--lm", "x.txt",
+              "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="unknown config fields"):
+        (tmp_path / "c.json").write_text('{"stpes": 3}')
+        main(["demo", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
