@@ -50,7 +50,11 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--steps", type=int, help="override DiscoveryConfig.steps")
     args = p.parse_args(argv)
     cfg = DiscoveryConfig(**({"steps": args.steps} if args.steps else {}))
-    rows = [one_run(int(r), int(s), cfg) for r in args.roots.split(",") for s in args.seeds.split(",")]
+    rows = []
+    for r in args.roots.split(","):
+        for s in args.seeds.split(","):
+            rows.append(one_run(int(r), int(s), cfg))
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)
     c = Criteria()
     with pd.option_context("display.width", 200, "display.max_columns", 30):
