@@ -215,3 +215,12 @@ def test_a_failed_attach_leaves_the_model_untouched(model, tokens):
     assert torch.equal(model(tokens), reference)
     assert all(p.requires_grad for p in model.parameters())
     assert not model._forward_pre_hooks
+
+
+def test_straight_through_gradient_is_the_sigmoid_gradient():
+    st = StraightThroughSigmoid(temperature=0.7)
+    scores = torch.linspace(-3, 3, 7, requires_grad=True)
+    st.deterministic(scores).sum().backward()
+    soft = torch.sigmoid(scores.detach() / 0.7)
+    torch.testing.assert_close(scores.grad, soft * (1 - soft) / 0.7)
+    assert st.deterministic(scores).tolist() == [0, 0, 0, 0, 1, 1, 1]

@@ -23,9 +23,24 @@ def _logistic_noise(like: Tensor) -> Tensor:
     return torch.log(u) - torch.log1p(-u)
 
 
-def _straight_through(hard: Tensor, soft: Tensor) -> Tensor:
-    """Forward value ``hard``, gradient of ``soft``."""
-    return hard + (soft - soft.detach())
+class _ThresholdST(torch.autograd.Function):
+    """Forward ``1[sigmoid(x / T) > 0.5]``; backward the gradient of ``sigmoid(x / T)``.
+
+    Saves only the sigmoid for backward, one float per mask entry, where the
+    ``hard + soft - soft.detach()`` idiom keeps a chain of temporaries alive.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, temperature: float) -> Tensor:
+        soft = torch.sigmoid(x / temperature)
+        ctx.save_for_backward(soft)
+        ctx.temperature = temperature
+        return (soft > 0.5).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (soft,) = ctx.saved_tensors
+        return grad * soft * (1 - soft) / ctx.temperature, None
 
 
 @dataclass(frozen=True)
@@ -58,12 +73,10 @@ class StraightThroughSigmoid(Relaxation):
     name = "straight_through"
 
     def sample(self, scores):
-        soft = torch.sigmoid((scores + _logistic_noise(scores)) / self.temperature)
-        return _straight_through((soft > 0.5).to(soft.dtype), soft)
+        return _ThresholdST.apply(scores + _logistic_noise(scores), self.temperature)
 
     def deterministic(self, scores):
-        soft = torch.sigmoid(scores / self.temperature)
-        return _straight_through((soft > 0.5).to(soft.dtype), soft)
+        return _ThresholdST.apply(scores, self.temperature)
 
     def density(self, scores):
         return torch.sigmoid(scores)
