@@ -75,7 +75,7 @@ class DiscoveryConfig:
     sparsity_start: float = 2.0  # lambda schedule, used when target_sparsity is None
     sparsity_end: float = 3.0
     target_sparsity: float | None = 0.985  # held by a Lagrangian; None: the lambda schedule
-    lagrangian_lr: float = 0.05
+    lagrangian_lr: float = 0.2
     expression_weight: float = 0.0
     # Optimisation.
     steps: int = 1500
