@@ -48,8 +48,11 @@ def main(argv=None) -> pd.DataFrame:
     p.add_argument("--roots", default="0,1,2", help="indices into the world's target_roots")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, help="override DiscoveryConfig.steps")
+    p.add_argument("--quick", action="store_true", help="one root, one seed, 6 steps: checks the printed fields")
     args = p.parse_args(argv)
-    cfg = DiscoveryConfig(**({"steps": args.steps} if args.steps else {}))
+    if args.quick:
+        args.roots, args.seeds, args.steps = "0", "0", 6
+    cfg = DiscoveryConfig(**({"steps": args.steps, "eval_every": min(50, args.steps)} if args.steps else {}))
     rows = []
     for r in args.roots.split(","):
         for s in args.seeds.split(","):

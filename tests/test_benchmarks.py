@@ -16,6 +16,8 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import convergence  # noqa: E402
+import discovery  # noqa: E402
 import scaling  # noqa: E402
 import step_cost  # noqa: E402
 
@@ -78,3 +80,12 @@ def test_scaling_quick(tmp_path, capsys):
     for header in ("masked params", "step ms", "peak MiB", "ms / M masked"):
         assert header in out
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_discovery_and_convergence_quick(capsys):
+    table = discovery.main(["--quick"])
+    out = capsys.readouterr().out
+    assert len(table) == 1 and {"target_top1", "control_ratio", "sparsity", "random_target_top1"} <= set(table)
+    assert 0 <= table.sparsity.iloc[0] <= 1 and "runs meeting all criteria" in out and "held-out" in out
+    table = convergence.main(["--quick"])
+    assert list(table.schedule) == ["default"] and "target: success within 4000 steps" in capsys.readouterr().out
