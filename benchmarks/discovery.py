@@ -35,6 +35,8 @@ def one_run(root, seed, cfg) -> dict:
         "target_top1": v("target", "remaining", "top1"),
         "held_out_top1_before": v("target_held_out", "original", "top1"),
         "held_out_top1": v("target_held_out", "remaining", "top1"),
+        "held_out_dlogp": v("target_held_out", "remaining", "delta_logp"),
+        "held_out_dlogp_random": v("target_held_out", "random", "delta_logp"),
         "control_ratio": v("control_kg", "remaining", "top1") / v("control_kg", "original", "top1"),
         "lm_ppl_rise": v("control_lm", "remaining", "ppl") / v("control_lm", "original", "ppl") - 1,
         "sparsity": ev.sparsity,
@@ -71,7 +73,8 @@ def main(argv=None) -> pd.DataFrame:
     print(f"random subnetworks of the same size: TargetKG top-1 within {random_gap * 100:.1f} points of the "
           f"original (bar: 5)")
     print(f"held-out paraphrases: TargetKG top-1 {table.held_out_top1_before.mean():.3f} -> "
-          f"{table.held_out_top1.mean():.3f} (mean)")
+          f"{table.held_out_top1.mean():.3f} (mean); gold log-prob change {table.held_out_dlogp.mean():+.2f} "
+          f"(random subnetworks: {table.held_out_dlogp_random.mean():+.2f})")
     return table
 
 

@@ -80,7 +80,7 @@ class Subnetwork:
     def sparsity(self) -> float:
         """Fraction of all masked weights (hook units) not in the subnetwork."""
         t = self.site_table()
-        return 1.0 - t["in_subnetwork"].sum() / t["total"].sum()
+        return float(1.0 - t["in_subnetwork"].sum() / t["total"].sum())
 
     def n_in_subnetwork(self) -> int:
         return int(self.site_table()["in_subnetwork"].sum())
