@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kcs_tl.adapters.hooked import WEIGHT_NAMES, check_model
+from kcs_tl.adapters.hooked import WEIGHT_NAMES, check_model, head, residual_before, resolve_layers, run_from
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.lm import lm_blocks, split_blocks
@@ -198,10 +198,10 @@ def _split_by_triplet(batch: KGBatch, fraction: float, seed: int) -> tuple[KGBat
     return batch[torch.nonzero(~val)[:, 0]], batch[torch.nonzero(val)[:, 0]]
 
 
-def _stack(a: Tensor, b: Tensor, pad: int) -> Tensor:
+def _stack(a: Float[Tensor, "n pos d"], b: Float[Tensor, "m pos2 d"]) -> Tensor:
+    """Two batches of residuals, right-padded with zeros to one width (causal: padding is never attended)."""
     width = max(a.shape[1], b.shape[1])
-    return torch.cat([F.pad(a, (0, width - a.shape[1]), value=pad),
-                      F.pad(b, (0, width - b.shape[1]), value=pad)])
+    return torch.cat([F.pad(a, (0, 0, 0, width - a.shape[1])), F.pad(b, (0, 0, 0, width - b.shape[1]))])
 
 
 @dataclass
@@ -216,9 +216,12 @@ class _Data:
     control_ref: Reference  # per control label position, in row order
     control_ref_rows: Int[Tensor, "n_labels"]
     lm_ref: Reference  # per LM position, block-major
+    start: int  # first masked layer: below it nothing changes during the search
+    target_resid: Float[Tensor, "n_target pos d_model"]  # residual stream entering ``start``
+    control_resid: Float[Tensor, "n_control pos d_model"]
+    lm_resid: Float[Tensor, "n_lm block d_model"]
     base_control_top1: float
     base_lm_ppl: float
-    pad: int
 
 
 @torch.no_grad()
@@ -229,6 +232,13 @@ def _reference(model, tokens: Tensor, select, top_k: int | None, batch_size: int
         logits = model(tokens[lo : lo + batch_size])
         parts.append(Reference.from_logits(select(lo, logits), top_k))
     return Reference.cat(parts)
+
+
+@torch.no_grad()
+def _residuals(model, tokens: Tensor, layer: int, batch_size: int) -> Tensor:
+    """The residual stream entering ``layer`` for every row, computed once (the layers below are frozen)."""
+    return torch.cat([residual_before(model, tokens[lo : lo + batch_size], layer)
+                      for lo in range(0, len(tokens), batch_size)])
 
 
 def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device) -> _Data:
@@ -253,13 +263,17 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
     control_ref = _reference(model, c.tokens, lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
                              cfg.reference_top_k, kg_bs)
     lm_ref = _reference(model, lm, lambda lo, lg: lg.flatten(0, 1), cfg.reference_top_k, cfg.lm_batch_size)
+    start = min(resolve_layers(model, cfg.layers))
     return _Data(
         target=t, control=c, control_val=c_val, lm=lm, lm_val=lm_val,
         control_ref=control_ref, control_ref_rows=torch.nonzero(c.label_mask)[:, 0],
         lm_ref=lm_ref,
+        start=start,
+        target_resid=_residuals(model, t.tokens, start, kg_bs),
+        control_resid=_residuals(model, c.tokens, start, kg_bs),
+        lm_resid=_residuals(model, lm, start, cfg.lm_batch_size),
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
-        pad=getattr(model.tokenizer, "pad_token_id", None) or 0,
     )
 
 
@@ -275,20 +289,25 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
             lagrangian: Lagrangian | None) -> dict[str, Tensor]:
     """All loss terms of one step, under one draw of the masks."""
     model = masked.model
-    t = data.target[_rows(len(data.target), cfg.kg_batch_size, gen)]
+    t_rows = _rows(len(data.target), cfg.kg_batch_size, gen)
+    t = data.target[t_rows]
     c_rows = _rows(len(data.control), cfg.kg_batch_size, gen)
     c = data.control[c_rows]
     lm_rows = _rows(len(data.lm), cfg.lm_batch_size, gen).to(data.lm.device)
+    t_width, c_width = t.tokens.shape[1], c.tokens.shape[1]
     out = {}
     with masked.step():
-        logits = model(_stack(t.tokens, c.tokens, data.pad))
-        t_logits = logits[: len(t), : t.tokens.shape[1]][t.label_mask].float()
-        c_logits = logits[len(t):, : c.tokens.shape[1]][c.label_mask].float()
+        # Only the masked layers run; the KG sentences are unembedded at tail-predicting positions only.
+        final = run_from(model, _stack(data.target_resid[t_rows.to(data.target_resid.device), :t_width],
+                                       data.control_resid[c_rows.to(data.control_resid.device), :c_width]),
+                         data.start)
+        t_logits = head(model, final[: len(t), :t_width][t.label_mask]).float()
+        c_logits = head(model, final[len(t):, :c_width][c.label_mask]).float()
         out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
         ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
         ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
         out["control_kg"] = ref.kl(c_logits).mean()
-        lm_logits = model(data.lm[lm_rows]).float().flatten(0, 1)
+        lm_logits = head(model, run_from(model, data.lm_resid[lm_rows], data.start)).float().flatten(0, 1)
         positions = (lm_rows[:, None] * data.lm.shape[1]
                      + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
         out["control_lm"] = data.lm_ref[positions].kl(lm_logits).mean()

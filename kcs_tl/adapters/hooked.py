@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities import apply_softcap
 
 WEIGHT_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
 HOOK_NAMES = ("attn.hook_z", "mlp.hook_post")
@@ -152,3 +153,26 @@ def fingerprint_mismatch(expected: dict, model: HookedTransformer) -> list[str]:
     actual = fingerprint(model)
     return [f"{k}: saved {expected[k]!r}, model {actual.get(k)!r}"
             for k in expected if expected[k] != actual.get(k)]
+
+
+def residual_before(model: HookedTransformer, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """The residual stream entering block ``layer`` (layer 0: the embeddings)."""
+    return model(tokens, stop_at_layer=layer)
+
+
+def run_from(model: HookedTransformer, residual: torch.Tensor, layer: int) -> torch.Tensor:
+    """Blocks ``layer`` .. last on a cached residual stream; returns the final residual (pre-LN)."""
+    return model(residual, start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
+
+
+def head(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
+    """Final layer norm and unembedding of residuals ``[..., d_model]`` -> logits ``[..., d_vocab]``.
+
+    Lets a caller unembed only the positions it needs (TransformerLens's own
+    forward unembeds every position).
+    """
+    flat = residual.reshape(1, -1, residual.shape[-1])
+    if model.cfg.normalization_type is not None:
+        flat = model.ln_final(flat)
+    logits = apply_softcap(model.unembed(flat), model.cfg.output_logits_soft_cap)
+    return logits.reshape(*residual.shape[:-1], logits.shape[-1])
