@@ -13,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from kcs_tl.analysis.report import write_report
 from kcs_tl.data import KnowledgeGraph, lm_blocks, load_wordnet, load_wordnet_control
-from kcs_tl.metrics import Criteria, Evaluation, evaluate
+from kcs_tl.metrics import Evaluation, evaluate
 from kcs_tl.search import DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork
 
@@ -86,18 +85,16 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
     found.subnetwork.save(out / "subnetwork", overwrite=overwrite)
     found.history.to_csv(out / "history.csv", index=False)
     result.table.to_csv(out / "evaluation.csv", index=False)
-    checks = result.check(cfg.criteria)
     write_report(out / "summary.html", f"Knowledge-critical subnetwork for {target.name or 'TargetKG'}", {
         "Search": f"<p>{found!r}; {seconds:.0f} s</p>",
         "Evaluation (original vs remaining vs random subnetworks of the same size)": result._repr_html_(),
         "Subnetwork": found.subnetwork._repr_html_(),
         "Sparsity per layer": found.subnetwork.stats("layer").to_html(index=False),
     })
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(result.summary().round(4).to_string())
+    print(result)
     print(f"\nsparsity {result.sparsity:.4%} ({result.n_in_subnetwork:,} weights removed); search "
           f"{seconds:.0f} s, best step {found.best_step} ({found.stopped})")
-    print("criteria: " + ", ".join(f"{k} {'holds' if ok else 'FAILS'}" for k, ok in checks.items()))
+    print(result.criteria_line(cfg.criteria))
     print(f"wrote {out / 'subnetwork'}, {out / 'summary.html'}, history.csv, evaluation.csv")
     return found.subnetwork, result
 
@@ -134,7 +131,7 @@ def cmd_evaluate(args) -> None:
     blocks = lm_blocks(Path(args.lm), model.tokenizer, min(args.block_len, model.cfg.n_ctx))
     result = evaluate(model, sub, target, control, blocks, n_random=args.n_random)
     print(result)
-    print("criteria: " + ", ".join(f"{k} {'holds' if ok else 'FAILS'}" for k, ok in result.check(Criteria()).items()))
+    print(result.criteria_line())
     if args.out:
         out = Path(args.out)
         check_out(out, args.overwrite)

@@ -136,15 +136,27 @@ class Evaluation:
         )
         return {k: v == 0 for k, v in gaps.items()}
 
+    def criteria_line(self, criteria: Criteria | None = None) -> str:
+        """One line saying which criteria hold, for logs and the command line."""
+        return "criteria: " + ", ".join(f"{k} {'holds' if ok else 'FAILS'}"
+                                        for k, ok in self.check(criteria).items())
+
     def __repr__(self) -> str:
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            table = self.summary().to_string(float_format=_number)
         return (f"Evaluation(sparsity {self.sparsity:.2%}, {self.n_in_subnetwork:,} units in the "
-                f"subnetwork)\n{self.summary().round(4).to_string()}")
+                f"subnetwork)\n{table}")
 
     def _repr_html_(self) -> str:
         checks = "".join(f"<li>{k}: {'holds' if ok else 'fails'}</li>" for k, ok in self.check().items())
         return (f"<p><b>Subnetwork sparsity {self.sparsity:.2%}</b> "
                 f"({self.n_in_subnetwork:,} units removed)</p><ul>{checks}</ul>"
-                + self.summary().to_html(float_format=lambda x: f"{x:.4f}"))
+                + self.summary().to_html(float_format=_number))
+
+
+def _number(x: float) -> str:
+    """Four decimals, or scientific notation for the huge perplexities of forgotten facts."""
+    return f"{x:.4f}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
 def _rows(set_name: str, model_name: str, metrics: dict[str, float], spread: dict[str, float] | None = None):
