@@ -104,6 +104,20 @@ def test_target_kg(tiny):
         tiny.target_kg("not-a-node")
 
 
+def test_task_holds_out_a_pretraining_template_the_model_knows(tiny):
+    from kcs_tl.data import encode
+    from kcs_tl.metrics import kg_metrics, score_kg
+    from kcs_tl.zoo.task import forgetting_task
+
+    task = forgetting_task(tiny, 0, n_control=50, n_blocks=4)
+    for rel, held in task.target.held_out_templates.items():
+        assert len(held) == 1 and held[0] in tiny.kg.templates[rel]
+        assert held[0] not in task.target.templates[rel] and held[0] not in task.control.templates[rel]
+    with torch.no_grad():
+        held_top1 = kg_metrics(score_kg(tiny.model, encode(task.target, tiny.model.tokenizer, "held_out")))["top1"]
+    assert held_top1 >= 0.9
+
+
 def test_shipped_files_match_the_generator(tiny):
     """The shipped world and tokenizer are exactly what seed 0 regenerates."""
     from tokenizers import Tokenizer

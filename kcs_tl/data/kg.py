@@ -161,6 +161,11 @@ class KnowledgeGraph:
         """The triplets for which ``keep(triplet)`` is true, same templates."""
         return self.subset([t for t in self.triplets if keep(t)], name)
 
+    def with_templates(self, templates: dict[str, list[str]],
+                       held_out_templates: dict[str, list[str]] | None = None) -> KnowledgeGraph:
+        """The same triplets with other training and held-out templates (same checks as a new graph)."""
+        return KnowledgeGraph(self.triplets, templates, held_out_templates, self.name)
+
     # -- files -----------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the graph as JSON Lines (format in the module docstring)."""
