@@ -60,8 +60,11 @@ def main(argv=None) -> pd.DataFrame:
             task, found, _, seconds = builtin_search(int(root), args.seed, schedule(name, args.max_steps,
                                                                                    args.eval_every), n_random=0)
             met = found.stopped.startswith("criteria met")
+            best = found.history.set_index("step").loc[found.best_step]
             rows.append({"schedule": name, "root": task.root, "steps_to_success": found.best_step if met else None,
                          "seconds": round(seconds, 1), "stopped": found.stopped,
+                         "best_step": found.best_step, "val_target_top1": round(float(best.val_target_top1), 4),
+                         "val_sparsity": round(float(best.val_sparsity), 4),
                          "meets_target": met and found.best_step <= TARGET_STEPS})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
