@@ -2,11 +2,12 @@
 
 Shared by ``kcs-tl demo``, the tests and the benchmarks so they all measure the same thing.
 The search trains on three of the four templates per relation the model was
-pretrained on; the fourth (``split_templates``, seed 0) is its held-out paraphrase. The model knows its facts
-in that wording, so suppression on it measures whether forgetting carries over
-to a phrasing the search never saw. (The world's own held-out templates were
-never in any training text, and the model does not recall IsA facts in them
-at all; ``kcs_tl.zoo.quality`` reports those.)
+pretrained on; the fourth (``split_templates``, seed 0) is its held-out
+paraphrase. The model knows its facts in that wording, so suppression on it
+measures whether forgetting carries over to a phrasing the search never saw.
+(The world's own held-out templates were never in any training text, and the
+model does not recall IsA facts in them at all; ``kcs_tl.zoo.quality``
+reports those.)
 """
 
 from __future__ import annotations
