@@ -115,7 +115,7 @@ class Lagrangian(nn.Module):
     """Holds expected density at a target: ``l1 * (d - t) + l2 * (d - t)**2``.
 
     The multipliers are trained by gradient ascent (Edge Pruning's scheme): pass
-    ``multipliers()`` to an optimiser with ``maximize=True``.
+    ``parameters()`` to an optimiser with ``maximize=True``.
     """
 
     def __init__(self, target_density: float):

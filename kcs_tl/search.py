@@ -35,7 +35,7 @@ from kcs_tl.adapters.hooked import WEIGHT_NAMES, check_model, head, residual_bef
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.lm import lm_blocks, split_blocks
-from kcs_tl.data.splits import check_disjoint
+from kcs_tl.data.splits import check_disjoint, holdout
 from kcs_tl.data.verbalise import encode
 from kcs_tl.masks.masked_model import MaskedModel
 from kcs_tl.masks.relaxations import get_relaxation
@@ -101,8 +101,10 @@ class DiscoveryConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.steps < 1 or self.eval_every < 1:
-            raise ValueError(f"steps and eval_every must be >= 1, got {self.steps}, {self.eval_every}")
+        small = {k: getattr(self, k) for k in ("steps", "eval_every", "kg_batch_size", "lm_batch_size")
+                 if getattr(self, k) < 1}
+        if small:
+            raise ValueError(f"these settings must be >= 1: {small}")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
         if isinstance(self.criteria, dict):
@@ -192,9 +194,8 @@ def _split_by_triplet(batch: KGBatch, fraction: float, seed: int) -> tuple[KGBat
     triplets = batch.triplet_index.unique()
     if len(triplets) < 2:
         raise ValueError("control_kg needs at least 2 triplets to hold some out for validation")
-    order = triplets[torch.randperm(len(triplets), generator=torch.Generator().manual_seed(seed))]
-    n_val = min(len(triplets) - 1, max(1, round(len(triplets) * fraction)))
-    val = torch.isin(batch.triplet_index, order[:n_val])
+    _, held = holdout(len(triplets), fraction, seed)
+    val = torch.isin(batch.triplet_index, triplets[held])
     return batch[torch.nonzero(~val)[:, 0]], batch[torch.nonzero(val)[:, 0]]
 
 
@@ -259,9 +260,8 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
     if gib > cfg.reference_max_gib:
         raise ValueError(f"caching the original model's outputs would take {gib:.1f} GiB; set "
                          f"reference_top_k (e.g. 100) or raise reference_max_gib")
-    kg_bs = max(1, cfg.kg_batch_size)
     control_ref = _reference(model, c.tokens, lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
-                             cfg.reference_top_k, kg_bs)
+                             cfg.reference_top_k, cfg.kg_batch_size)
     lm_ref = _reference(model, lm, lambda lo, lg: lg.flatten(0, 1), cfg.reference_top_k, cfg.lm_batch_size)
     start = min(resolve_layers(model, cfg.layers))
     return _Data(
@@ -269,8 +269,8 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
         control_ref=control_ref, control_ref_rows=torch.nonzero(c.label_mask)[:, 0],
         lm_ref=lm_ref,
         start=start,
-        target_resid=_residuals(model, t.tokens, start, kg_bs),
-        control_resid=_residuals(model, c.tokens, start, kg_bs),
+        target_resid=_residuals(model, t.tokens, start, cfg.kg_batch_size),
+        control_resid=_residuals(model, c.tokens, start, cfg.kg_batch_size),
         lm_resid=_residuals(model, lm, start, cfg.lm_batch_size),
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
@@ -343,9 +343,10 @@ def _validate(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig) -> dict[st
     finally:
         masked.train()
     ratio = control_top1 / data.base_control_top1 if data.base_control_top1 > 0 else 1.0
-    gaps = cfg.criteria.shortfalls(target_top1, ratio, lm_ppl / data.base_lm_ppl - 1, sparsity)
+    rise = lm_ppl / data.base_lm_ppl - 1
+    gaps = cfg.criteria.shortfalls(target_top1, ratio, rise, sparsity)
     return {"val_target_top1": target_top1, "val_control_top1_ratio": ratio,
-            "val_lm_ppl_rise": lm_ppl / data.base_lm_ppl - 1, "val_sparsity": sparsity,
+            "val_lm_ppl_rise": rise, "val_sparsity": sparsity,
             "shortfall": sum(gaps.values()), "criteria_met": all(v == 0 for v in gaps.values())}
 
 
@@ -413,7 +414,7 @@ def _load_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> _State:
     return _State(**payload["state"])
 
 
-def _device(cfg: DiscoveryConfig, model) -> torch.device:
+def _device(cfg: DiscoveryConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -432,7 +433,7 @@ class Search:
     def __init__(self, model, target, control_kg, control_lm, config: DiscoveryConfig | None = None):
         self.cfg = cfg = config or DiscoveryConfig()
         check_model(model)
-        self.device = _device(cfg, model)
+        self.device = _device(cfg)
         if next(model.parameters()).device != self.device:
             model.to(self.device)
         self.data = _prepare(model, target, control_kg, control_lm, cfg, self.device)

@@ -25,7 +25,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from kcs_tl.adapters.hooked import Site, check_model, fingerprint, fingerprint_mismatch, owner
+from kcs_tl.adapters.hooked import (
+    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, owner, readout,
+)
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import check_mode, keep_gate
 
@@ -205,27 +207,16 @@ class Subnetwork:
         self.check_model(model)
         check_mode(mode)
         for a, s in self.sites.items():
-            target = owner(model, s) if s.kind == "weight" else getattr(model.blocks[s.layer], s.module)
-            name = s.name if s.kind == "weight" else ("W_O" if s.name == "hook_z" else "W_out")
-            if parametrize.is_parametrized(target, name):
+            module, name, bias = (owner(model, s), s.name, None) if s.kind == "weight" else readout(model, s)
+            if parametrize.is_parametrized(module, name):
                 raise RuntimeError(f"{a} carries an attached mask; detach it before a permanent apply")
-            keep = keep_gate(self.masks[a].to(torch.float32), mode)
-            if s.kind == "weight":
-                w = getattr(target, name)
-                w.mul_(keep.to(w.device, w.dtype))
+            w = getattr(module, name)
+            keep = keep_gate(self.masks[a].to(torch.float32), mode).to(w.device, w.dtype)
+            if bias is None:
+                w.mul_(keep)
             else:
-                self._fold(target, s, keep, self.replacements.get(a))
+                _fold(w, getattr(module, bias), s, keep, self.replacements.get(a))
         return model
-
-    @staticmethod
-    def _fold(module, site: Site, keep: Tensor, replacement: Tensor | None) -> None:
-        w, b = (module.W_O, module.b_O) if site.name == "hook_z" else (module.W_out, module.b_out)
-        drop = (1 - keep).to(w.device, w.dtype)
-        if replacement is not None:
-            r = replacement.to(w.device, w.dtype)
-            r = r * (drop[:, None] if site.name == "hook_z" else drop)
-            b.add_(r.reshape(-1) @ w.reshape(r.numel(), -1))
-        w.mul_(keep.to(w.device, w.dtype).reshape((-1,) + (1,) * (w.dim() - 1)))
 
     # -- save / load -------------------------------------------------------
 
@@ -271,8 +262,9 @@ class Subnetwork:
     # -- display -----------------------------------------------------------
 
     def __repr__(self) -> str:
-        return (f"Subnetwork({self.n_in_subnetwork():,} of {int(self.site_table()['total'].sum()):,} "
-                f"masked units, sparsity {self.sparsity():.2%}, {len(self.sites)} sites)")
+        inside, total = self.site_table()[["in_subnetwork", "total"]].sum()
+        return (f"Subnetwork({inside:,} of {total:,} masked units, sparsity {1 - inside / total:.2%}, "
+                f"{len(self.sites)} sites)")
 
     def _repr_html_(self) -> str:
         table = self.stats("module").to_html(index=False, float_format=lambda x: f"{x:.4f}")
@@ -290,6 +282,14 @@ def majority(subnetworks: Sequence[Subnetwork], k: int) -> Subnetwork:
         first._check_same_sites(other)
     votes = {a: sum(s.masks[a].long() for s in subnetworks) >= k for a in first.masks}
     return first._combine(votes, f"{k}-of-{len(subnetworks)}")
+
+
+def _fold(w: Tensor, b: Tensor, site: Site, keep: Tensor, replacement: Tensor | None) -> None:
+    """Ablate a hook site's units in the weight that reads them; a replacement value moves into the bias."""
+    if replacement is not None:
+        r = replacement.to(w.device, w.dtype) * hook_broadcast(site, 1 - keep)
+        b.add_(r.reshape(-1) @ w.reshape(r.numel(), -1))
+    w.mul_(keep.reshape((-1,) + (1,) * (w.dim() - 1)))
 
 
 def _atomic(target: Path, write) -> None:

@@ -138,6 +138,19 @@ def owner(model: HookedTransformer, site: Site) -> nn.Module:
     return getattr(sub, site.name) if site.kind == "hook" else sub
 
 
+def activation_shape(model: HookedTransformer, site: Site) -> tuple[int, ...]:
+    """One position's activation at a hook site: ``[n_heads, d_head]`` for ``hook_z``, ``[d_mlp]`` for ``hook_post``."""
+    return (model.cfg.n_heads, model.cfg.d_head) if site.name == "hook_z" else (model.cfg.d_mlp,)
+
+
+_READOUT = {"hook_z": ("W_O", "b_O"), "hook_post": ("W_out", "b_out")}
+
+
+def readout(model: HookedTransformer, site: Site) -> tuple[nn.Module, str, str]:
+    """Where a hook site's units are read into the residual stream: (module, weight name, bias name)."""
+    return (getattr(model.blocks[site.layer], site.module), *_READOUT[site.name])
+
+
 def hook_broadcast(site: Site, gate: torch.Tensor) -> torch.Tensor:
     """Shape a per-head or per-neuron gate to multiply the hook's activation."""
     return gate[:, None] if site.name == "hook_z" else gate

@@ -15,6 +15,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from kcs_tl.data.splits import holdout
+
 
 def _documents(texts: Sequence[str] | str | os.PathLike) -> list[str]:
     if isinstance(texts, (str, os.PathLike)):
@@ -78,8 +80,5 @@ def split_blocks(
     """Shuffle blocks with ``seed`` and split off ``val_fraction`` of them (at least one) for validation."""
     if blocks.ndim != 2 or len(blocks) < 2:
         raise ValueError(f"need a [n_blocks, block_len] tensor with n_blocks >= 2, got shape {tuple(blocks.shape)}")
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    n_val = min(len(blocks) - 1, max(1, round(len(blocks) * val_fraction)))
-    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))
-    return blocks[order[n_val:]], blocks[order[:n_val]]
+    train, val = holdout(len(blocks), val_fraction, seed)
+    return blocks[train], blocks[val]

@@ -10,6 +10,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
 
 
@@ -30,6 +34,15 @@ def check_disjoint(target: KnowledgeGraph, control: KnowledgeGraph, by_head: boo
     if clash:
         shown = ", ".join(str(t) for t in clash[:5]) + (", ..." if len(clash) > 5 else "")
         raise ValueError(f"{len(clash)} control triplet(s) {what}: {shown}")
+
+
+def holdout(n: int, val_fraction: float, seed: int) -> tuple[Int[Tensor, "n_train"], Int[Tensor, "n_val"]]:
+    """Shuffle ``range(n)`` with ``seed``; ``val_fraction`` of it (at least 1, never all) is validation."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]
 
 
 def target_control_split(

@@ -19,7 +19,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from kcs_tl.adapters.hooked import (
-    WEIGHT_NAMES, Site, check_model, hook_site, resolve_layers, weight_site,
+    WEIGHT_NAMES, Site, activation_shape, check_model, hook_site, resolve_layers, weight_site,
 )
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.relaxations import Relaxation, get_relaxation
@@ -123,9 +123,7 @@ class MaskedModel(nn.Module):
         if reference is not None:
             means = mean_activations(model, reference, hook_sites)
         else:
-            means = {s.address: torch.zeros(model.cfg.d_mlp if s.name == "hook_post"
-                                            else (model.cfg.n_heads, model.cfg.d_head))
-                     for s in hook_sites}
+            means = {s.address: torch.zeros(activation_shape(model, s)) for s in hook_sites}
         device = next(model.parameters()).device
         return nn.ParameterDict({
             _key(a): nn.Parameter(v.to(device), requires_grad=self.ablation == "learned")

@@ -123,10 +123,7 @@ class Sigmoid(Relaxation):
     def sample(self, scores):
         return torch.sigmoid(scores / self.temperature)
 
-    deterministic = sample
-
-    def density(self, scores):
-        return torch.sigmoid(scores / self.temperature)
+    deterministic = density = sample
 
     def init_score(self, prob: float) -> float:
         return self.temperature * math.log(prob / (1 - prob))

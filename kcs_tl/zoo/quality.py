@@ -33,17 +33,10 @@ __all__ = [
 def fact_accuracy(model, kg, templates: Any = "train", batch_size: int = 256, by_relation: bool = False):
     """Top-1 accuracy of the first tail token over every (triplet, template) row."""
     from kcs_tl.data.verbalise import encode
+    from kcs_tl.metrics import score_kg
 
     batch = encode(kg, model.tokenizer, templates)
-    hits = []
-    for lo in range(0, len(batch), batch_size):
-        mb = batch[lo : lo + batch_size]
-        logits = model(mb.tokens)
-        rows = torch.arange(len(mb))
-        pred = logits[rows, mb.first_label_pos].argmax(-1)
-        gold = mb.labels[rows, mb.first_label_pos]
-        hits.append(pred == gold)
-    hits = torch.cat(hits).float()
+    hits = (score_kg(model, batch, batch_size).rank == 0).float()
     acc = hits.mean().item()
     if not by_relation:
         return acc
