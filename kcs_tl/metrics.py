@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from kcs_tl import validate
 from kcs_tl.baselines.random import random_like
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.verbalise import encode
+from kcs_tl.subnetwork import Subnetwork
 
 TOP_K = (1, 5, 10)
 
@@ -96,6 +98,11 @@ class Criteria:
     control_top1_min_ratio: float = 0.95
     lm_ppl_max_rise: float = 0.05
     sparsity_min: float = 0.98
+
+    def __post_init__(self):
+        for name in ("target_top1_max", "control_top1_min_ratio", "sparsity_min"):
+            setattr(self, name, validate.number(f"Criteria.{name}", getattr(self, name), 0, 1))
+        self.lm_ppl_max_rise = validate.number("Criteria.lm_ppl_max_rise", self.lm_ppl_max_rise, 0)
 
     def shortfalls(self, target_top1: float, control_ratio: float, lm_rise: float,
                    sparsity: float) -> dict[str, float]:
@@ -183,14 +190,21 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
     is a tensor of token blocks. Random subnetworks remove the same number of
     units per site (``n_random`` seeds; value is the mean, spread the std).
     """
+    if not isinstance(subnetwork, Subnetwork):
+        raise TypeError(f"subnetwork must be a Subnetwork (e.g. Subnetwork.load(folder)), got {validate.given(subnetwork)}")
+    subnetwork.check_model(model)
+    n_random = validate.integer("n_random", n_random, 0)
+    seed = validate.integer("seed", seed, 0)
+    batch_size = validate.integer("batch_size", batch_size, 1)
     if isinstance(target, KnowledgeGraph) and target_held_out is None and target.held_out_templates:
         target_held_out = encode(target, model.tokenizer, "held_out")
     sets: dict[str, tuple[str, object]] = {
-        "target": ("kg", _as_batch(target, model)), "control_kg": ("kg", _as_batch(control_kg, model)),
-        "control_lm": ("lm", control_lm),
+        "target": ("kg", _as_batch(target, model, "target")),
+        "control_kg": ("kg", _as_batch(control_kg, model, "control_kg")),
+        "control_lm": ("lm", validate.tokens("control_lm", control_lm, model)),
     }
     if target_held_out is not None:
-        sets["target_held_out"] = ("kg", _as_batch(target_held_out, model))
+        sets["target_held_out"] = ("kg", _as_batch(target_held_out, model, "target_held_out"))
 
     def run(ctx):
         with ctx:
@@ -213,6 +227,9 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
     return Evaluation(pd.DataFrame(rows), subnetwork.sparsity(), subnetwork.n_in_subnetwork())
 
 
-def _as_batch(data, model) -> KGBatch:
-    return encode(data, model.tokenizer) if isinstance(data, KnowledgeGraph) else data
+def _as_batch(data, model, name: str) -> KGBatch:
+    batch = encode(data, model.tokenizer) if isinstance(data, KnowledgeGraph) else data
+    if not isinstance(batch, KGBatch):
+        raise TypeError(f"{name} must be a KnowledgeGraph or a KGBatch, got {validate.given(data)}")
+    return validate.kg_batch(name, batch, model)
 

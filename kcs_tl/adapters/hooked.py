@@ -15,6 +15,8 @@ from torch import nn
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import apply_softcap
 
+from kcs_tl import validate
+
 WEIGHT_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
 HOOK_NAMES = ("attn.hook_z", "mlp.hook_post")
 GRANULARITIES = ("weight", "row", "column")
@@ -85,10 +87,10 @@ def resolve_layers(model: HookedTransformer, layers) -> list[int]:
     n = model.cfg.n_layers
     if layers is None:
         return list(range(n // 2, n))
-    layers = [int(x) for x in layers]
-    bad = [x for x in layers if not 0 <= x < n]
-    if bad or not layers:
-        raise ValueError(f"layers {bad or layers} out of range: this model has layers 0..{n - 1}")
+    layers = validate.layers("layers", layers)
+    bad = [x for x in layers if x >= n]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: this model has layers 0..{n - 1}")
     return sorted(set(layers))
 
 

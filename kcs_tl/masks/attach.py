@@ -10,6 +10,9 @@ Hook points are gated with a plain forward hook registered before any user hook:
 ``h * gate + replacement * (1 - gate)``. TransformerLens's ``run_with_hooks`` and
 ``run_with_cache`` add and reset their own hooks around ours, so user hooks and
 caches see the masked activations and keep working.
+
+A site carries at most one mask: a second one (which would multiply silently
+with the first) is refused, for weights and hook points alike.
 """
 
 from __future__ import annotations
@@ -63,9 +66,11 @@ class Attachment:
 
     def _install(self, site: Site) -> None:
         target = owner(self.model, site)
+        masked = (parametrize.is_parametrized(target, site.name) if site.kind == "weight"
+                  else any(getattr(h, "kcs_tl_mask", False) for h in target._forward_hooks.values()))
+        if masked:
+            raise RuntimeError(f"{site.address} already carries a mask; detach the other one first")
         if site.kind == "weight":
-            if parametrize.is_parametrized(target, site.name):
-                raise RuntimeError(f"{site.address} already carries a mask; detach the other one first")
             parametrize.register_parametrization(target, site.name, _WeightGate(site.address, self._gate))
             self._weights.append((target, site.name))
         else:
@@ -79,6 +84,7 @@ class Attachment:
                 return output * gate
             return output * gate + replacement.to(output.dtype) * (1 - gate)
 
+        gate_activation.kcs_tl_mask = True  # how _install recognises a mask already on a hook point
         return gate_activation
 
     def detach(self) -> None:

@@ -11,6 +11,7 @@ step and reuses them for every loss term with ``with masked.step():``.
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from typing import Iterable, Sequence
 
@@ -18,8 +19,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
+from kcs_tl import validate
 from kcs_tl.adapters.hooked import (
-    WEIGHT_NAMES, Site, activation_shape, check_model, hook_site, resolve_layers, weight_site,
+    HOOK_NAMES, WEIGHT_NAMES, Site, activation_shape, check_model, hook_site, resolve_layers, weight_site,
 )
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.relaxations import Relaxation, get_relaxation
@@ -42,6 +44,27 @@ def check_mode(mode: str) -> str:
 def _key(address: str) -> str:
     """ParameterDict keys may not contain dots."""
     return address.replace(".", "__")
+
+
+# Models frozen by attached MaskedModels: model -> (owners, each parameter's requires_grad before
+# the first of them attached). The flags come back when the last owner detaches, in any order.
+_FROZEN: "weakref.WeakKeyDictionary[nn.Module, tuple[set[int], list]]" = weakref.WeakKeyDictionary()
+
+
+def _freeze(model: nn.Module, owner: object) -> None:
+    if model not in _FROZEN:
+        _FROZEN[model] = (set(), [(p, p.requires_grad) for p in model.parameters()])
+        model.requires_grad_(False)
+    _FROZEN[model][0].add(id(owner))
+
+
+def _unfreeze(model: nn.Module, owner: object) -> None:
+    owners, flags = _FROZEN.get(model, (set(), []))
+    owners.discard(id(owner))
+    if not owners and model in _FROZEN:
+        del _FROZEN[model]
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()
@@ -82,15 +105,16 @@ class MaskedModel(nn.Module):
                  reference: Int[Tensor, "batch pos"] | None = None):
         super().__init__()
         check_model(model)
-        if ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {ablation!r}; choose from {ABLATIONS}")
+        weights = validate.names("weights", weights, WEIGHT_NAMES)
+        hooks = validate.names("hooks", hooks, HOOK_NAMES)
+        validate.fraction("init_prob", init_prob)
+        self.ablation = validate.choice("ablation", ablation, ABLATIONS)
         if ablation == "mean" and reference is None:
             raise ValueError("ablation='mean' needs reference tokens to average activations over")
-        if not 0 < init_prob < 1:
-            raise ValueError(f"init_prob must lie strictly between 0 and 1, got {init_prob}")
+        if reference is not None:
+            validate.tokens("reference", reference, model)
         self.mode = check_mode(mode)
         self.relaxation = get_relaxation(relaxation)
-        self.ablation = ablation
         self.layers = resolve_layers(model, layers)
         self.sites: dict[str, Site] = {}
         for layer in self.layers:
@@ -111,10 +135,15 @@ class MaskedModel(nn.Module):
         self._model = [model]  # a list keeps the model out of this module's parameters
         self._masks: dict[str, Tensor] | None = None
         self._holding = False
-        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        # Everything above only reads the model; attaching comes last and is undone if it fails.
         self._attachment = Attachment(model, list(self.sites.values()), self.gate, self.replacement)
-        model.requires_grad_(False)
-        self._pre_hook = model.register_forward_pre_hook(lambda *_: self._forget_masks())
+        try:
+            _freeze(model, self)
+            self._pre_hook = model.register_forward_pre_hook(lambda *_: self._forget_masks())
+        except BaseException:
+            self._attachment.detach()
+            _unfreeze(model, self)
+            raise
 
     def _replacement_values(self, model, reference) -> nn.ParameterDict:
         hook_sites = [s for s in self.sites.values() if s.kind == "hook"]
@@ -205,12 +234,14 @@ class MaskedModel(nn.Module):
             raise RuntimeError(f"model weights must stay frozen while masks train; trainable: {bad[:5]}")
 
     def detach(self):
-        """Remove all masks; the model is bit-identical to before and trainable as before."""
+        """Remove all masks; the model is bit-identical to before and trainable as before.
+
+        With several MaskedModels on one model, parameters stay frozen until the last one detaches.
+        """
         if self._attachment.attached:
             self._attachment.detach()
             self._pre_hook.remove()
-            for n, p in self.model.named_parameters():
-                p.requires_grad_(self._requires_grad.get(n, p.requires_grad))
+            _unfreeze(self.model, self)
         return self.model
 
     def __enter__(self):

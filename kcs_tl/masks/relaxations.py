@@ -9,11 +9,13 @@ penalises, and the score that starts a mask at a chosen probability.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from kcs_tl import validate
 
 _EPS = 1e-6
 
@@ -72,6 +74,9 @@ class StraightThroughSigmoid(Relaxation):
     temperature: float = 1.0
     name = "straight_through"
 
+    def __post_init__(self):
+        validate.number("straight_through temperature", self.temperature, 0, low_open=True)
+
     def sample(self, scores):
         return _ThresholdST.apply(scores + _logistic_noise(scores), self.temperature)
 
@@ -97,6 +102,11 @@ class HardConcrete(Relaxation):
     zeta: float = 1.1
     name = "hard_concrete"
 
+    def __post_init__(self):
+        validate.number("hard_concrete beta", self.beta, 0, low_open=True)
+        validate.number("hard_concrete gamma", self.gamma, high=0, high_open=True)
+        validate.number("hard_concrete zeta", self.zeta, 1, low_open=True)
+
     def _stretch(self, s: Tensor) -> Tensor:
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
@@ -120,6 +130,9 @@ class Sigmoid(Relaxation):
     temperature: float = 1.0
     name = "sigmoid"
 
+    def __post_init__(self):
+        validate.number("sigmoid temperature", self.temperature, 0, low_open=True)
+
     def sample(self, scores):
         return torch.sigmoid(scores / self.temperature)
 
@@ -140,7 +153,11 @@ def get_relaxation(relaxation: str | Relaxation | dict = "straight_through", **o
         return relaxation
     if isinstance(relaxation, dict):
         options = {k: v for k, v in relaxation.items() if k != "name"} | options
-        relaxation = relaxation["name"]
-    if relaxation not in RELAXATIONS:
-        raise ValueError(f"unknown relaxation {relaxation!r}; choose from {sorted(RELAXATIONS)}")
-    return RELAXATIONS[relaxation](**options)
+        relaxation = relaxation.get("name")
+    validate.choice("relaxation", relaxation, sorted(RELAXATIONS))
+    cls = RELAXATIONS[relaxation]
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"relaxation {relaxation!r} has no option(s) {unknown}; its options are {valid}")
+    return cls(**options)
