@@ -9,10 +9,10 @@ weights (units, for hook sites) that are NOT in the subnetwork.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +21,14 @@ from typing import Sequence
 import pandas as pd
 import torch
 from jaxtyping import Bool
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.nn.utils import parametrize
 
 from kcs_tl.adapters.hooked import (
-    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, owner, readout,
+    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, owner, readout, weight_site,
 )
+from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import check_mode, keep_gate
 
@@ -56,9 +57,16 @@ class Subnetwork:
             raise ValueError(f"masks and sites name different addresses: "
                              f"{sorted(set(self.masks) ^ set(self.sites))}")
         for a, m in self.masks.items():
-            if m.dtype != torch.bool or tuple(m.shape) != self.sites[a].shape:
-                raise ValueError(f"mask {a} must be bool of shape {self.sites[a].shape}, "
-                                 f"got {m.dtype} {tuple(m.shape)}")
+            if not isinstance(m, Tensor) or m.dtype != torch.bool or tuple(m.shape) != self.sites[a].shape:
+                got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, Tensor) else type(m).__name__
+                raise ValueError(f"mask {a} must be bool of shape {self.sites[a].shape}, got {got}")
+        n_layers = self.fingerprint.get("n_layers")
+        for a, s in self.sites.items():
+            if s.address != a or a != f"blocks.{s.layer}.{s.module}.{s.name}":
+                raise ValueError(f"site {a!r} does not match its own fields (layer {s.layer}, {s.module}.{s.name})")
+            if isinstance(n_layers, int) and not 0 <= s.layer < n_layers:
+                raise ValueError(f"site {a} names layer {s.layer}, but the model it was found on has "
+                                 f"layers 0..{n_layers - 1}")
 
     @classmethod
     def from_masked(cls, masked, settings: dict | None = None) -> "Subnetwork":
@@ -135,6 +143,12 @@ class Subnetwork:
     # -- set operations ----------------------------------------------------
 
     def _check_same_sites(self, other: "Subnetwork") -> None:
+        """Set operations need the same sites of the same model (vocabulary and all)."""
+        if self.fingerprint != other.fingerprint:
+            diff = [f"{k}: {self.fingerprint.get(k)!r} vs {other.fingerprint.get(k)!r}"
+                    for k in sorted(set(self.fingerprint) | set(other.fingerprint))
+                    if self.fingerprint.get(k) != other.fingerprint.get(k)]
+            raise ValueError("subnetworks were found on different models: " + "; ".join(diff))
         if self.sites != other.sites:
             raise ValueError("subnetworks cover different sites: "
                              f"{sorted(set(self.sites) ^ set(other.sites)) or 'same addresses, other shapes'}")
@@ -168,6 +182,16 @@ class Subnetwork:
         diff = fingerprint_mismatch(self.fingerprint, model)
         if diff:
             raise ValueError("this subnetwork was found on a different model: " + "; ".join(diff))
+        for a, s in self.sites.items():
+            if not 0 <= s.layer < model.cfg.n_layers:
+                raise ValueError(f"site {a}: the model has no layer {s.layer} (layers 0..{model.cfg.n_layers - 1})")
+            try:
+                expected = (weight_site(model, s.layer, s.name, s.granularity) if s.kind == "weight"
+                            else hook_site(model, s.layer, f"{s.module}.{s.name}"))
+            except ValueError as err:
+                raise ValueError(f"site {a} does not exist in this model: {err}") from None
+            if expected != s:
+                raise ValueError(f"site {a} is laid out differently in this model: saved {s}, model {expected}")
 
     def attach(self, model, mode: str = "remove") -> Attachment:
         """Gate ``model`` with this subnetwork until ``.detach()`` is called on the result."""
@@ -221,40 +245,52 @@ class Subnetwork:
     # -- save / load -------------------------------------------------------
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write ``masks.safetensors`` (bool) and ``subnetwork.json`` into folder ``path``.
+        """Write ``masks.safetensors`` (bool) and ``subnetwork.json`` into folder ``path``, atomically.
 
-        Refuses a folder that already holds files unless ``overwrite=True``.
+        The folder appears complete or not at all (``kcs_tl.files.result_folder``).
+        Refuses a folder that already holds a result unless ``overwrite=True``, and
+        never replaces a folder of files that kcs_tl did not write.
         """
-        path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise FileExistsError(f"{path} already holds files; pass overwrite=True to replace "
-                                  f"its {_MASKS_FILE} and {_META_FILE}")
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {a: m.contiguous() for a, m in self.masks.items()}
         tensors |= {_REPLACEMENT + a: r.contiguous() for a, r in self.replacements.items()}
         meta = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
                 "sites": [s.to_json() for s in self.sites.values()], "settings": self.settings,
                 "sparsity": self.sparsity()}
-        _atomic(path / _MASKS_FILE, lambda tmp: save_file(tensors, tmp))
-        _atomic(path / _META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)))
-        return path
+        with result_folder(path, overwrite) as tmp:
+            save_file(tensors, tmp / _MASKS_FILE)
+            (tmp / _META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model=None) -> "Subnetwork":
         """Read a saved subnetwork; with ``model``, also check that it fits that model."""
-        path = Path(path)
+        path = existing_result(path)
         if not (path / _META_FILE).is_file() or not (path / _MASKS_FILE).is_file():
             raise FileNotFoundError(f"{path} is not a saved subnetwork (needs {_MASKS_FILE} and {_META_FILE})")
-        meta = json.loads((path / _META_FILE).read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"{path} holds format {meta.get('format')!r} v{meta.get('version')}, "
-                             f"expected {FORMAT!r} v{VERSION}")
-        tensors = load_file(path / _MASKS_FILE)
-        sites = {d["address"]: Site.from_json(d) for d in meta["sites"]}
-        sub = cls(masks={a: tensors[a] for a in sites}, sites=sites, fingerprint=meta["fingerprint"],
-                  replacements={k[len(_REPLACEMENT):]: v for k, v in tensors.items()
-                                if k.startswith(_REPLACEMENT)},
-                  settings=meta["settings"])
+        meta_file = path / _META_FILE
+        meta = read_json(meta_file, "a saved subnetwork's metadata (JSON)")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{meta_file} holds {found}, expected format {FORMAT!r} version {VERSION}")
+        for key, kind in (("fingerprint", dict), ("sites", list), ("settings", dict)):
+            if not isinstance(meta.get(key), kind):
+                raise ValueError(f"{meta_file}: field {key!r} must be a JSON "
+                                 f"{'object' if kind is dict else 'list'}, got {meta.get(key)!r:.60}")
+        sites = {}
+        for i, d in enumerate(meta["sites"]):
+            site = _site_from_json(d, f"{meta_file}: sites[{i}]")
+            sites[site.address] = site
+        tensors = read_safetensors(path / _MASKS_FILE, "a saved subnetwork's masks")
+        missing = sorted(set(sites) - set(tensors))
+        if missing:
+            raise ValueError(f"{path / _MASKS_FILE} lacks the mask(s) of {missing} listed in {meta_file}")
+        try:
+            sub = cls(masks={a: tensors[a] for a in sites}, sites=sites, fingerprint=meta["fingerprint"],
+                      replacements={k[len(_REPLACEMENT):]: v for k, v in tensors.items()
+                                    if k.startswith(_REPLACEMENT)},
+                      settings=meta["settings"])
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         if model is not None:
             sub.check_model(model)
         return sub
@@ -292,13 +328,20 @@ def _fold(w: Tensor, b: Tensor, site: Site, keep: Tensor, replacement: Tensor | 
     w.mul_(keep.reshape((-1,) + (1,) * (w.dim() - 1)))
 
 
-def _atomic(target: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``target``."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _site_from_json(d, where: str) -> Site:
+    """A saved site, its fields checked against ``Site``'s annotations (errors say which field)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {d!r:.60}")
+    names = [f.name for f in dataclasses.fields(Site)]
+    missing, unknown = [n for n in names if n not in d], sorted(set(d) - set(names))
+    if missing or unknown:
+        raise ValueError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}; a site has {names}")
+    for f in dataclasses.fields(Site):
+        v = d[f.name]
+        ok = {"str": isinstance(v, str),
+              "int": isinstance(v, int) and not isinstance(v, bool),
+              "int | None": v is None or (isinstance(v, int) and not isinstance(v, bool)),
+              "tuple[int, ...]": isinstance(v, list) and all(isinstance(x, int) and x > 0 for x in v)}
+        if not ok.get(str(f.type), True):
+            raise ValueError(f"{where}: field {f.name!r} must be {f.type}, got {v!r:.60}")
+    return Site.from_json(d)

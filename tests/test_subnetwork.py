@@ -90,11 +90,15 @@ def test_save_load_round_trip(model, tokens, tmp_path):
 def test_saving_never_overwrites_silently(model, tokens, tmp_path):
     sub = trained_like(model, tokens)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="did not write"):
         sub.save(tmp_path)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
-    sub.save(tmp_path, overwrite=True)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="never replaces them, even with overwrite"):
+        sub.save(tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    sub.save(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        sub.save(tmp_path / "run")
+    sub.save(tmp_path / "run", overwrite=True)
 
 
 def test_loading_onto_a_different_model_says_what_differs(model, tokens, tmp_path):

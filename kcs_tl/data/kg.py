@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kcs_tl.data.templates import check_templates
+from kcs_tl.files import read_text
 
 FORMAT = "kcs_tl.kg/1"
 
@@ -183,9 +184,9 @@ class KnowledgeGraph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> KnowledgeGraph:
-        """Read a graph written by ``save``."""
-        with open(path, encoding="utf-8") as f:
-            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+        """Read a graph written by ``save``; errors name the file and line."""
+        text = read_text(path, f"a knowledge graph in {FORMAT} JSON Lines (KnowledgeGraph.save)")
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
         return cls._from_records(lines, str(path))
 
     @classmethod

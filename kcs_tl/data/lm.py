@@ -16,14 +16,22 @@ from jaxtyping import Int
 from torch import Tensor
 
 from kcs_tl.data.splits import holdout
+from kcs_tl.files import read_text
 
 
 def _documents(texts: Sequence[str] | str | os.PathLike) -> list[str]:
     if isinstance(texts, (str, os.PathLike)):
-        path = Path(texts)
-        if not path.is_file():
-            raise ValueError(f"texts={str(texts)!r} is not a file; pass a path to a text file or a list of strings")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            is_file = Path(texts).is_file()
+        except (OSError, ValueError):  # a name too long for a path, or holding a NUL byte
+            is_file = False
+        if not is_file:
+            shown = str(texts) if len(str(texts)) <= 60 else str(texts)[:57] + "..."
+            hint = (" (a str is read as a file path; to pass text itself, give a list of strings, one per document)"
+                    if isinstance(texts, str) else "")
+            raise ValueError(f"texts={shown!r} is not a file{hint}")
+        text = read_text(texts, "text, one document per line")
+        return [line.strip() for line in text.splitlines() if line.strip()]
     if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be a list of strings or a path to a text file (one document per non-empty line)")
     return [t for t in texts if t.strip()]
