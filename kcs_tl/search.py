@@ -16,12 +16,15 @@ shortfall from the criteria (the best trade-off). Not simply the last.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
+import pickle
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -31,17 +34,25 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kcs_tl.adapters.hooked import WEIGHT_NAMES, check_model, head, residual_before, resolve_layers, run_from
+from kcs_tl import validate
+from kcs_tl.adapters.hooked import (
+    GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, check_model, head, residual_before, resolve_layers, run_from,
+)
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.lm import lm_blocks, split_blocks
 from kcs_tl.data.splits import check_disjoint, holdout
 from kcs_tl.data.verbalise import encode
+from kcs_tl.files import atomic_file, writable_folder
 from kcs_tl.masks.masked_model import MaskedModel
-from kcs_tl.masks.relaxations import get_relaxation
+from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
 from kcs_tl.metrics import Criteria, kg_metrics, lm_metrics, score_kg, score_lm
-from kcs_tl.objectives import Lagrangian, Reference, sparsity_weight, suppression
+from kcs_tl.objectives import SUPPRESSIONS, Lagrangian, Reference, sparsity_weight, suppression
 from kcs_tl.subnetwork import Subnetwork
+
+MAX_LR = 10.0
+"""Adam moves a score by about ``lr`` per step; above 10 every score jumps past saturation
+(|logit| > 10) in one step, so the masks flip at random instead of being learned."""
 
 
 @dataclass
@@ -101,14 +112,17 @@ class DiscoveryConfig:
     progress: bool = True
 
     def __post_init__(self):
-        small = {k: getattr(self, k) for k in ("steps", "eval_every", "kg_batch_size", "lm_batch_size")
-                 if getattr(self, k) < 1}
-        if small:
-            raise ValueError(f"these settings must be >= 1: {small}")
+        """Check and normalise every field (``FIELD_CHECKS`` says what is valid), then their combinations."""
+        for name, check in FIELD_CHECKS.items():
+            setattr(self, name, check(f"DiscoveryConfig.{name}", getattr(self, name)))
+        if not self.weights and not self.hooks:
+            raise ValueError("DiscoveryConfig: weights and hooks are both empty; nothing would be masked")
         if self.checkpoint_every and not self.checkpoint_dir:
-            raise ValueError("checkpoint_every needs a checkpoint_dir")
-        if isinstance(self.criteria, dict):
-            self.criteria = Criteria(**self.criteria)
+            raise ValueError("DiscoveryConfig.checkpoint_every needs a checkpoint_dir")
+        try:
+            get_relaxation(self.relaxation, **self.relaxation_options)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"DiscoveryConfig.relaxation_options: {err}") from None
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DiscoveryConfig":
@@ -123,12 +137,76 @@ class DiscoveryConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "DiscoveryConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"a DiscoveryConfig is read from a JSON object of its fields, got {validate.given(data)}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config fields {unknown}; valid fields: {sorted(known)}")
-        tuples = {"weights", "hooks", "layers"}
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+            close = [m for u in unknown for m in difflib.get_close_matches(str(u), known, n=1)]
+            hint = f" (did you mean {close}?)" if close else ""
+            raise ValueError(f"unknown config fields {unknown}{hint}; the valid fields are those of "
+                             "kcs_tl.DiscoveryConfig (help(kcs_tl.DiscoveryConfig))")
+        return cls(**data)
+
+
+def _criteria(name: str, value) -> Criteria:
+    if isinstance(value, Criteria):
+        return dataclasses.replace(value)  # re-checked
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a Criteria or a dict of its fields, got {validate.given(value)}")
+    known = [f.name for f in dataclasses.fields(Criteria)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"{name} has unknown field(s) {unknown}; valid: {known}")
+    return Criteria(**value)
+
+
+def _options(name: str, value) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{name} must be a dict of option name -> value, got {validate.given(value)}")
+    return value
+
+
+_v = validate
+FIELD_CHECKS = {
+    # field: the check that says what is valid (each returns the normalised value)
+    "weights": partial(_v.names, options=WEIGHT_NAMES),
+    "hooks": partial(_v.names, options=HOOK_NAMES),
+    "layers": partial(_v.optional, _v.layers),
+    "granularity": partial(_v.choice, options=GRANULARITIES),
+    "relaxation": partial(_v.choice, options=sorted(RELAXATIONS)),
+    "relaxation_options": _options,
+    "init_prob": _v.fraction,
+    "suppression": partial(_v.choice, options=SUPPRESSIONS),
+    "suppression_log_margin": partial(_v.number, high=0, high_open=True),
+    "target_weight": partial(_v.number, low=0, low_open=True),
+    "control_kg_weight": partial(_v.number, low=0),
+    "control_lm_weight": partial(_v.number, low=0),
+    "sparsity_start": partial(_v.number, low=0),
+    "sparsity_end": partial(_v.number, low=0),
+    "target_sparsity": partial(_v.optional, _v.fraction),
+    "lagrangian_lr": partial(_v.number, low=0, high=MAX_LR, low_open=True),
+    "expression_weight": partial(_v.number, low=0),
+    "steps": partial(_v.integer, low=1),
+    "lr": partial(_v.number, low=0, high=MAX_LR, low_open=True),
+    "warmup_fraction": partial(_v.number, low=0, high=1),
+    "kg_batch_size": partial(_v.integer, low=1),
+    "lm_batch_size": partial(_v.integer, low=1),
+    "lm_block_len": partial(_v.integer, low=2),
+    "reference_top_k": partial(_v.optional, _v.integer, low=1),
+    "reference_max_gib": partial(_v.number, low=0, low_open=True),
+    "control_val_fraction": _v.fraction,
+    "lm_val_fraction": _v.fraction,
+    "eval_every": partial(_v.integer, low=1),
+    "early_stop": _v.boolean,
+    "criteria": _criteria,
+    "checkpoint_every": partial(_v.integer, low=0),
+    "checkpoint_dir": partial(_v.optional, _v.path),
+    "seed": partial(_v.integer, low=0, high=2**63 - 1),
+    "device": _v.device,
+    "bf16": _v.boolean,
+    "progress": _v.boolean,
+}
 
 
 @dataclass
@@ -167,25 +245,18 @@ def _as_kg_batch(data, model, what: str) -> KGBatch:
         data = encode(data, _tokenizer(model, what), "train")
     if not isinstance(data, KGBatch):
         raise TypeError(f"{what} must be a KnowledgeGraph or a KGBatch, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ValueError(f"{what} is empty")
-    _check_vocab(data.tokens, model, what)
-    return data
-
-
-def _check_vocab(tokens: Tensor, model, what: str) -> None:
-    top = int(tokens.max())
-    if top >= model.cfg.d_vocab:
-        raise ValueError(f"{what} holds token id {top} but the model's vocabulary has "
-                         f"{model.cfg.d_vocab} tokens: the tokenizer does not match the model")
+    return validate.kg_batch(what, data, model)
 
 
 def _as_lm_blocks(data, model, block_len: int) -> Int[Tensor, "n block"]:
     if not isinstance(data, Tensor):
-        data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx))
-    if data.ndim != 2 or len(data) < 2:
+        try:
+            data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"control_lm: {err}") from None
+    validate.tokens("control_lm", data, model)
+    if len(data) < 2:
         raise ValueError(f"control_lm needs at least 2 token blocks [n, block_len], got {tuple(data.shape)}")
-    _check_vocab(data, model, "control_lm")
     return data
 
 
@@ -386,17 +457,43 @@ def _save_checkpoint(cfg, trained, optimizers, schedule, gen, state: _State) -> 
                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                "state": dataclasses.asdict(state)}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(payload, tmp)
 
 
-def _load_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> _State:
+_CHECKPOINT_KEYS = ("config", "trained", "optimizers", "schedule", "generator", "torch_rng", "cuda_rng", "state")
+
+
+def _read_checkpoint(path) -> dict:
+    """A checkpoint's contents, read as tensors and plain data only: a file that would run code is refused."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    saved = DiscoveryConfig.from_json(payload["config"])
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: {path} does not exist; give a checkpoint.pt or the checkpoint_dir "
+                                "holding it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line.strip() for line in str(err).splitlines()
+                 if line.strip() and not line.strip().startswith(boilerplate)] or [type(err).__name__]
+        code = next((line for line in lines if "GLOBAL" in line), None)  # a callable or class to import
+        if code:
+            raise ValueError(f"resume: {path} holds Python objects other than tensors and plain data ({code}); "
+                             "kcs_tl refuses to load it, because unpickling them could run code") from None
+        raise ValueError(f"resume: {path} is not a readable kcs_tl checkpoint ({lines[0][:200]})") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in _CHECKPOINT_KEYS):
+        raise ValueError(f"resume: {path} is not a kcs_tl checkpoint (needs the entries {list(_CHECKPOINT_KEYS)})")
+    return payload
+
+
+def _load_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> _State:
+    payload = _read_checkpoint(path)
+    try:
+        saved = DiscoveryConfig.from_json(payload["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"resume: {path} holds an invalid config: {err}") from None
     ignore = {"steps", "checkpoint_every", "checkpoint_dir", "progress", "early_stop"}
     diff = [f.name for f in dataclasses.fields(cfg)
             if f.name not in ignore and getattr(saved, f.name) != getattr(cfg, f.name)]
@@ -414,12 +511,40 @@ def _load_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> _State:
     return _State(**payload["state"])
 
 
+def _checked(config: DiscoveryConfig | None) -> DiscoveryConfig:
+    """A validated copy: settings edited after the config was made are checked again."""
+    if config is None:
+        return DiscoveryConfig()
+    if not isinstance(config, DiscoveryConfig):
+        raise TypeError(f"config must be a DiscoveryConfig (DiscoveryConfig(**settings)), got {validate.given(config)}")
+    return dataclasses.replace(config)
+
+
 def _device(cfg: DiscoveryConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {cfg.device!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
+    if cfg.device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available; use 'cpu' or 'auto'")
     return torch.device(cfg.device)
+
+
+def _nonfinite(modules, grads: bool) -> list[str]:
+    """The trained tensors (or their gradients) holding NaN or inf, as 'what (k of n values)'."""
+    named = [(n, p.grad if grads else p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
+    named = [(n, t) for n, t in named if t is not None]
+    if not named or bool(torch.stack([t.isfinite().all() for _, t in named]).all()):
+        return []
+    out = []
+    for n, t in named:
+        bad = int((~t.isfinite()).sum())
+        if bad:
+            what = (f"mask scores of {n.removeprefix('scores.').replace('__', '.')}" if n.startswith("scores.")
+                    else f"ablation values of {n.removeprefix('replacements.').replace('__', '.')}"
+                    if n.startswith("replacements.") else f"Lagrangian multiplier {n}")
+            out.append(f"{what} ({bad} of {t.numel()} values)")
+    return out
 
 
 class Search:
@@ -431,46 +556,81 @@ class Search:
     """
 
     def __init__(self, model, target, control_kg, control_lm, config: DiscoveryConfig | None = None):
-        self.cfg = cfg = config or DiscoveryConfig()
+        self.cfg = cfg = _checked(config)
         check_model(model)
         self.device = _device(cfg)
-        if next(model.parameters()).device != self.device:
-            model.to(self.device)
-        self.data = _prepare(model, target, control_kg, control_lm, cfg, self.device)
-        self.masked = MaskedModel(model, weights=cfg.weights, hooks=cfg.hooks, layers=cfg.layers,
-                                  granularity=cfg.granularity, init_prob=cfg.init_prob,
-                                  relaxation=get_relaxation(cfg.relaxation, **cfg.relaxation_options)).train()
-        self.lagrangian = (Lagrangian(1 - cfg.target_sparsity).to(self.device)
-                           if cfg.target_sparsity is not None else None)
-        self.optimizers = [torch.optim.Adam([p for p in self.masked.parameters() if p.requires_grad], lr=cfg.lr)]
-        if self.lagrangian is not None:
-            self.optimizers.append(torch.optim.Adam(self.lagrangian.parameters(), lr=cfg.lagrangian_lr,
-                                                    maximize=True))
-        warmup = max(1, round(cfg.warmup_fraction * cfg.steps))
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizers[0], lambda s: min(1.0, (s + 1) / warmup))
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.trained = [self.masked] + ([self.lagrangian] if self.lagrangian is not None else [])
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.bf16 and self.device.type == "cuda"
-                         else nullcontext())
-        self.state = _State()
+        relaxation = get_relaxation(cfg.relaxation, **cfg.relaxation_options)
+        if cfg.checkpoint_every:
+            writable_folder(cfg.checkpoint_dir)
+        # From here on the model changes (device, then masks); any exception puts it back as it was.
+        home, self.masked = next(model.parameters()).device, None
+        try:
+            if home != self.device:
+                model.to(self.device)
+            self.data = _prepare(model, target, control_kg, control_lm, cfg, self.device)
+            self.lagrangian = (Lagrangian(1 - cfg.target_sparsity).to(self.device)
+                               if cfg.target_sparsity is not None else None)
+            self.gen = torch.Generator().manual_seed(cfg.seed)
+            self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                             if cfg.bf16 and self.device.type == "cuda" else nullcontext())
+            self.state = _State()
+            self.fault: str | None = None  # why the search cannot go on (non-finite values)
+            # Masks attach last, once every setting has been used without error.
+            self.masked = MaskedModel(model, weights=cfg.weights, hooks=cfg.hooks, layers=cfg.layers,
+                                      granularity=cfg.granularity, init_prob=cfg.init_prob,
+                                      relaxation=relaxation).train()
+            self.optimizers = [torch.optim.Adam([p for p in self.masked.parameters() if p.requires_grad],
+                                                lr=cfg.lr)]
+            if self.lagrangian is not None:
+                self.optimizers.append(torch.optim.Adam(self.lagrangian.parameters(), lr=cfg.lagrangian_lr,
+                                                        maximize=True))
+            warmup = max(1, round(cfg.warmup_fraction * cfg.steps))
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizers[0],
+                                                              lambda s: min(1.0, (s + 1) / warmup))
+            self.trained = [self.masked] + ([self.lagrangian] if self.lagrangian is not None else [])
+        except BaseException:
+            if self.masked is not None:
+                self.masked.detach()
+            if home != self.device:
+                model.to(home)
+            raise
 
     def step(self) -> dict[str, Tensor]:
-        """One optimisation step; a non-finite loss is returned without updating anything."""
+        """One optimisation step.
+
+        A non-finite loss or gradient updates nothing and sets ``fault`` (which
+        values went non-finite), so the masks stay at their last finite state.
+        """
         with self.autocast:
             terms = _losses(self.masked, self.data, self.cfg, self.state.step, self.gen, self.lagrangian)
-        if torch.isfinite(terms["loss"]):
-            for o in self.optimizers:
-                o.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            for o in self.optimizers:
-                o.step()
-            self.schedule.step()
-            self.state.step += 1
+        if not torch.isfinite(terms["loss"]):
+            self.fault = (f"non-finite loss at step {self.state.step} "
+                          f"(terms: { {k: float(v.detach()) for k, v in terms.items()} })")
+            return terms
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        bad = _nonfinite(self.trained, grads=True)
+        if bad:
+            self.fault = f"non-finite gradients at step {self.state.step} in " + ", ".join(bad)
+            return terms
+        for o in self.optimizers:
+            o.step()
+        self.schedule.step()
+        self.state.step += 1
         return terms
 
     def validate(self) -> dict:
-        """Score the deterministic masks; keep them if they are the best so far."""
+        """Score the deterministic masks; keep them if they are the best so far.
+
+        Masks holding non-finite values are not scored: ``fault`` says which, and the
+        best checkpoint stays what it was.
+        """
         self.masked.check_frozen()
+        bad = _nonfinite(self.trained, grads=False)
+        if bad:
+            self.fault = f"non-finite values at step {self.state.step} in " + ", ".join(bad)
+            return {}
         val = _validate(self.masked, self.data, self.cfg)
         if _better(val, self.state.best):
             self.state.best = {"step": self.state.step, **val}
@@ -487,6 +647,9 @@ class Search:
         """The chosen checkpoint (see the module docstring) as a Discovery."""
         if self.state.best is None:  # stopped before the first validation: judge the current masks
             self.validate()
+        if self.state.best is None:
+            raise RuntimeError(f"discover: no finite masks to return ({self.fault}); lower lr or check "
+                               "the relaxation options")
         self.masked.load_state_dict(self.state.best_scores)
         best = self.state.best
         sub = self.masked.to_subnetwork(config=self.cfg.to_json(), best_step=best["step"], stopped=stopped)
@@ -515,10 +678,12 @@ def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | No
         config: a ``DiscoveryConfig``; defaults follow the paper.
         resume: a checkpoint file or folder written by an earlier run with the same config.
 
-    Ctrl-C stops the search and returns the best result so far; a NaN loss stops it
-    with a warning and keeps the last good masks. The global RNG is left as it was.
+    Ctrl-C stops the search and returns the best result so far. A non-finite loss,
+    gradient or mask score stops it with a warning that names the values; the
+    result is then the best checkpoint before that step. The global RNG is left as
+    it was, and the model as it was found (also when anything raises).
     """
-    cfg = config or DiscoveryConfig()
+    cfg = _checked(config)
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
@@ -535,14 +700,13 @@ def _run(search: Search) -> str:
     try:
         while state.step < cfg.steps:
             terms = search.step()
-            if not torch.isfinite(terms["loss"]):
-                stopped = f"non-finite loss at step {state.step}; kept the last good masks"
-                warnings.warn(f"discover: {stopped} (terms: "
-                              f"{ {k: float(v.detach()) for k, v in terms.items()} })", RuntimeWarning)
-                return stopped
+            if search.fault:
+                return _stop_on_fault(search)
             row = {"step": state.step, **{k: float(v.detach()) for k, v in terms.items()}}
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 row |= search.validate()
+                if search.fault:
+                    return _stop_on_fault(search)
                 bar.set_postfix(target=f"{row['val_target_top1']:.2f}", sparsity=f"{row['val_sparsity']:.4f}",
                                 loss=f"{row['loss']:.3f}")
             state.history.append(row)
@@ -558,3 +722,13 @@ def _run(search: Search) -> str:
         return stopped
     finally:
         bar.close()
+
+
+def _stop_on_fault(search: Search) -> str:
+    """Stop at the last finite checkpoint, saying which values went non-finite."""
+    best = search.state.best
+    kept = (f"the result is the best checkpoint before it (step {best['step']})" if best is not None
+            else "the result is the masks before that step")
+    stopped = f"{search.fault}; stopped, {kept}"
+    warnings.warn(f"discover: {stopped}", RuntimeWarning)
+    return stopped
