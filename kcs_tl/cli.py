@@ -3,12 +3,16 @@
 ``demo`` tells the whole story offline on the built-in model; ``discover`` and
 ``evaluate`` run the same steps on your own data and any TransformerLens model
 whose weights you have locally.
+
+A bad input (argument, file, setting) prints one line naming it and exits with
+status 2, without a traceback; Ctrl-C exits with status 130. ``--out`` is
+checked before any work, and every output folder is written atomically
+(``kcs_tl.files.result_folder``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,6 +21,7 @@ import torch
 
 from kcs_tl.analysis.report import write_report
 from kcs_tl.data import KnowledgeGraph, lm_blocks, load_wordnet, load_wordnet_control
+from kcs_tl.files import check_writable, read_json, result_folder
 from kcs_tl.metrics import Evaluation, evaluate
 from kcs_tl.search import DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork
@@ -31,12 +36,35 @@ def load_model(name: str):
     if name in zoo.available():
         return zoo.load(name).model
     from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
+        get_official_model_name(name)
+    except ValueError:
+        raise ValueError(f"--model {name!r} is unknown: neither a built-in model {zoo.available()} nor a "
+                         "TransformerLens model name; `kcs-tl discover --list-models` lists them") from None
+    try:
         return HookedTransformer.from_pretrained(name)
-    except Exception as err:  # offline, unknown name, missing weights: say what was tried
-        raise SystemExit(f"kcs-tl: could not load model {name!r} ({err}). Built-in models: "
-                         f"{zoo.available()}; other names need TransformerLens weights available locally.")
+    except Exception as err:  # offline, missing weights: say what was tried, in one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ValueError(f"--model {name!r}: could not load its weights ({reason}); they must be available "
+                         "locally (e.g. in the Hugging Face cache)") from None
+
+
+class _ListModels(argparse.Action):
+    """``--list-models``: print the names ``--model`` accepts, then exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+        from kcs_tl import zoo
+
+        print("built-in (offline):", *zoo.available(), sep="\n  ")
+        print("TransformerLens (weights must be available locally):", *OFFICIAL_MODEL_NAMES, sep="\n  ")
+        parser.exit()
 
 
 def load_kg(spec: str) -> KnowledgeGraph:
@@ -50,22 +78,20 @@ def load_kg(spec: str) -> KnowledgeGraph:
         return zoo.load().target_kg(rest)
     path = Path(spec)
     if not path.is_file():
-        raise SystemExit(f"kcs-tl: {spec!r} is neither a file nor wordnet:ROOT, wordnet:control or zoo:ROOT")
+        raise FileNotFoundError(f"{spec!r} is neither a file nor wordnet:ROOT, wordnet:control or zoo:ROOT")
     return KnowledgeGraph.load(path)
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, an output folder that already holds files."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SystemExit(f"kcs-tl: {out} already holds a result; choose another --out or pass --overwrite")
-
-
 def config_from(args) -> DiscoveryConfig:
-    data = json.loads(Path(args.config).read_text()) if args.config else {}
-    cfg = DiscoveryConfig.from_json(data)
+    """The settings of ``--config`` (a JSON file), then ``--steps``/``--seed``/``--device``; errors name the source."""
+    data = read_json(args.config, "a JSON object of DiscoveryConfig fields") if args.config else {}
     overrides = {k: v for k, v in {"steps": args.steps, "seed": args.seed, "device": args.device}.items()
                  if v is not None}
-    return DiscoveryConfig.from_json(cfg.to_json() | overrides)
+    try:
+        DiscoveryConfig.from_json(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--config {args.config}: {err}") from None
+    return DiscoveryConfig.from_json(data | overrides)
 
 
 # -- the pipeline --------------------------------------------------------------
@@ -73,30 +99,49 @@ def config_from(args) -> DiscoveryConfig:
 
 def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: DiscoveryConfig,
         out: Path, overwrite: bool, n_random: int = 3) -> tuple[Subnetwork, Evaluation]:
-    """Discover, evaluate against random subnetworks, write everything to ``out``, print the table."""
-    check_out(out, overwrite)
+    """Discover, evaluate against random subnetworks, write everything to ``out``, print the table.
+
+    ``out`` is checked before the search. The found subnetwork and history are
+    written (atomically) before the evaluation starts, so a Ctrl-C during the
+    evaluation keeps them; the complete folder then replaces them in one step.
+    """
+    check_writable(out, overwrite)
     blocks = lm_text if isinstance(lm_text, torch.Tensor) else lm_blocks(
         lm_text, model.tokenizer, min(cfg.lm_block_len, model.cfg.n_ctx))
     start = time.perf_counter()
     found = discover(model, target, control, blocks, cfg)
     seconds = time.perf_counter() - start
-    result = evaluate(model, found.subnetwork, target, control, blocks, n_random=n_random, seed=cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    found.subnetwork.save(out / "subnetwork", overwrite=overwrite)
-    found.history.to_csv(out / "history.csv", index=False)
-    result.table.to_csv(out / "evaluation.csv", index=False)
-    write_report(out / "summary.html", f"Knowledge-critical subnetwork for {target.name or 'TargetKG'}", {
-        "Search": f"<p>{found!r}; {seconds:.0f} s</p>",
-        "Evaluation (original vs remaining vs random subnetworks of the same size)": result._repr_html_(),
-        "Subnetwork": found.subnetwork._repr_html_(),
-        "Sparsity per layer": found.subnetwork.stats("layer").to_html(index=False),
-    })
+    title = f"Knowledge-critical subnetwork for {target.name or 'TargetKG'}"
+    write_result(out, overwrite, title, found, seconds)
+    try:
+        result = evaluate(model, found.subnetwork, target, control, blocks, n_random=n_random, seed=cfg.seed)
+    except KeyboardInterrupt:
+        print(f"interrupted during the evaluation; the subnetwork found is saved in {out / 'subnetwork'} "
+              f"(not evaluated: `kcs-tl evaluate --subnetwork {out / 'subnetwork'} ...`)", file=sys.stderr)
+        raise
+    write_result(out, True, title, found, seconds, result)
     print(result)
     print(f"\nsparsity {result.sparsity:.4%} ({result.n_in_subnetwork:,} weights removed); search "
           f"{seconds:.0f} s, best step {found.best_step} ({found.stopped})")
     print(result.criteria_line(cfg.criteria))
     print(f"wrote {out / 'subnetwork'}, {out / 'summary.html'}, history.csv, evaluation.csv")
     return found.subnetwork, result
+
+
+def write_result(out: Path, overwrite: bool, title: str, found, seconds: float,
+                 result: Evaluation | None = None) -> None:
+    """One result folder, written atomically: subnetwork, history, summary, and the evaluation when given."""
+    sections = {"Search": f"<p>{found!r}; {seconds:.0f} s</p>"}
+    if result is not None:
+        sections["Evaluation (original vs remaining vs random subnetworks of the same size)"] = result._repr_html_()
+    sections |= {"Subnetwork": found.subnetwork._repr_html_(),
+                 "Sparsity per layer": found.subnetwork.stats("layer").to_html(index=False)}
+    with result_folder(out, overwrite) as tmp:
+        found.subnetwork.save(tmp / "subnetwork")
+        found.history.to_csv(tmp / "history.csv", index=False)
+        if result is not None:
+            result.table.to_csv(tmp / "evaluation.csv", index=False)
+        write_report(tmp / "summary.html", title, sections)
 
 
 # -- commands ------------------------------------------------------------------
@@ -106,39 +151,46 @@ def cmd_demo(args) -> None:
     from kcs_tl import zoo
     from kcs_tl.zoo.task import forgetting_task
 
+    check_writable(args.out, args.overwrite)
+    cfg = config_from(args)
     z = zoo.load("tiny-world")
     task = forgetting_task(z, args.root or 0)
     print(f"built-in model tiny-world: {z.model.cfg.n_layers} layers, d_model {z.model.cfg.d_model}; "
           f"TargetKG: the {len(task.target)} IsA facts under {task.root!r} (e.g. {task.target[0]}); "
           f"ControlKG: {len(task.control)} other facts; ControlLM: {len(task.lm)} blocks of narrative text")
-    run(z.model, task.target, task.control, task.lm, config_from(args), Path(args.out), args.overwrite)
+    run(z.model, task.target, task.control, task.lm, cfg, Path(args.out), args.overwrite)
+
+
+def _lm_file(spec: str) -> Path:
+    lm_text = Path(spec)
+    if not lm_text.is_file():
+        raise FileNotFoundError(f"--lm {spec!r} is not a text file")
+    return lm_text
 
 
 def cmd_discover(args) -> None:
+    check_writable(args.out, args.overwrite)
+    cfg = config_from(args)
+    target, control, lm_text = load_kg(args.target), load_kg(args.control), _lm_file(args.lm)
     model = load_model(args.model)
-    target = load_kg(args.target)
-    control = load_kg(args.control)
-    lm_text = Path(args.lm)
-    if not lm_text.is_file():
-        raise SystemExit(f"kcs-tl: --lm {args.lm!r} is not a text file")
-    run(model, target, control, lm_text, config_from(args), Path(args.out), args.overwrite)
+    run(model, target, control, lm_text, cfg, Path(args.out), args.overwrite)
 
 
 def cmd_evaluate(args) -> None:
+    if args.out:
+        check_writable(args.out, args.overwrite)
+    target, control, lm_text = load_kg(args.target), load_kg(args.control), _lm_file(args.lm)
     model = load_model(args.model)
     sub = Subnetwork.load(args.subnetwork, model=model)
-    target, control = load_kg(args.target), load_kg(args.control)
-    blocks = lm_blocks(Path(args.lm), model.tokenizer, min(args.block_len, model.cfg.n_ctx))
+    blocks = lm_blocks(lm_text, model.tokenizer, min(args.block_len, model.cfg.n_ctx))
     result = evaluate(model, sub, target, control, blocks, n_random=args.n_random)
     print(result)
     print(result.criteria_line())
     if args.out:
-        out = Path(args.out)
-        check_out(out, args.overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        result.table.to_csv(out / "evaluation.csv", index=False)
-        write_report(out / "summary.html", "Subnetwork evaluation", {"Evaluation": result._repr_html_()})
-        print(f"wrote {out / 'evaluation.csv'} and {out / 'summary.html'}")
+        with result_folder(args.out, args.overwrite) as tmp:
+            result.table.to_csv(tmp / "evaluation.csv", index=False)
+            write_report(tmp / "summary.html", "Subnetwork evaluation", {"Evaluation": result._repr_html_()})
+        print(f"wrote {Path(args.out) / 'evaluation.csv'} and {Path(args.out) / 'summary.html'}")
 
 
 def _search_options(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -169,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
                           description="Discover a knowledge-critical subnetwork, evaluate it, write results.")
     disc.add_argument("--model", default="tiny-world", help="built-in model name or a TransformerLens "
                       "pretrained name with local weights (default: tiny-world)")
+    disc.add_argument("--list-models", action=_ListModels, help="list the names --model accepts and exit")
     disc.add_argument("--target", required=True, help=f"TargetKG: {KG_HELP}")
     disc.add_argument("--control", required=True, help=f"ControlKG: {KG_HELP}")
     disc.add_argument("--lm", required=True, help="ControlLM text file, one document per line")
@@ -178,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a saved subnetwork",
                         description="Original vs remaining model vs random subnetworks of the same size.")
     ev.add_argument("--model", default="tiny-world", help="model the subnetwork was found on")
+    ev.add_argument("--list-models", action=_ListModels, help="list the names --model accepts and exit")
     ev.add_argument("--subnetwork", required=True, help="folder written by discover / demo")
     ev.add_argument("--target", required=True, help=f"TargetKG: {KG_HELP}")
     ev.add_argument("--control", required=True, help=f"ControlKG: {KG_HELP}")
@@ -190,12 +244,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+USER_ERRORS = (ValueError, TypeError, OSError)
+"""What a bad argument, file or setting raises; anything else is a bug and keeps its traceback."""
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        raise SystemExit(f"kcs-tl {args.command}: {err}")
+    except KeyboardInterrupt:
+        print(f"kcs-tl {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except USER_ERRORS as err:
+        print(f"kcs-tl {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path, tiny_config, ca
     main(["demo", "--out", str(out), *TINY, *tiny_config])
     printed = capsys.readouterr().out
     assert "TargetKG" in printed and "criteria:" in printed and "random" in printed
-    assert {p.name for p in out.iterdir()} == {"subnetwork", "summary.html", "history.csv", "evaluation.csv"}
+    assert {p.name for p in out.iterdir()} == {"subnetwork", "summary.html", "history.csv", "evaluation.csv",
+                                               ".kcs_tl"}
     assert "<table" in (out / "summary.html").read_text()
     Subnetwork.load(out / "subnetwork")
-    with pytest.raises(SystemExit, match="already holds a result"):
+    with pytest.raises(SystemExit) as info:
         main(["demo", "--out", str(out), *TINY, *tiny_config])
+    assert info.value.code == 2 and "already holds a result" in capsys.readouterr().err
     main(["demo", "--out", str(out), "--overwrite", *TINY, *tiny_config])
 
 
@@ -44,12 +46,15 @@ def test_discover_and_evaluate_on_user_files(tmp_path, tiny_config, builtin, cap
     assert (tmp_path / "eval" / "evaluation.csv").is_file()
 
 
-def test_bad_arguments_get_clear_messages(tmp_path):
-    with pytest.raises(SystemExit, match="neither a file nor wordnet:ROOT"):
+def test_bad_arguments_get_clear_messages(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
         main(["discover", "--target", "nowhere.jsonl", "--control", "wordnet:control", "--lm", "x.txt",
               "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="unknown config fields"):
-        (tmp_path / "c.json").write_text('{"stpes": 3}')
+    assert info.value.code == 2 and "neither a file nor wordnet:ROOT" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text('{"stpes": 3}')
+    with pytest.raises(SystemExit) as info:
         main(["demo", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "d")])
-    with pytest.raises(SystemExit):
+    assert info.value.code == 2 and "unknown config fields ['stpes'] (did you mean ['steps']?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
         main(["demo", "--help"])
+    assert info.value.code == 0
