@@ -178,6 +178,9 @@ def cmd_discover(args) -> None:
 
 def cmd_evaluate(args) -> None:
     if args.out:
+        if Path(args.out).resolve() in [Path(args.subnetwork).resolve(), *Path(args.subnetwork).resolve().parents]:
+            raise ValueError(f"--out {args.out} holds the --subnetwork being evaluated, and writing would replace "
+                             "it; choose another folder")
         check_writable(args.out, args.overwrite)
     target, control, lm_text = load_kg(args.target), load_kg(args.control), _lm_file(args.lm)
     model = load_model(args.model)

@@ -394,6 +394,9 @@ BAD_INPUTS = [
                  id="cli-lm-missing"),
     pytest.param(lambda c: c.cli("evaluate", *c.kg_files(), "--subnetwork", str(c.tmp / "none")), CLIExit,
                  r"none is not a saved subnetwork", id="cli-subnetwork-missing"),
+    pytest.param(lambda c: c.cli("evaluate", *c.kg_files(), "--subnetwork", str(c.saved()), "--out", str(c.tmp),
+                                 "--overwrite"), CLIExit, r"holds the --subnetwork being evaluated",
+                 id="cli-evaluate-out-holds-the-subnetwork"),
 ]
 
 

@@ -194,13 +194,14 @@ WRITER = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("files", sys.argv[1])
 files = importlib.util.module_from_spec(spec); spec.loader.exec_module(files)
-print("ready", flush=True)
 i = 0
 while True:
     i += 1
     with files.result_folder(sys.argv[2], overwrite=True) as tmp:
         for name in "abcdefgh":
             (tmp / name).write_text(str(i) * 1000)
+    if i == 1:
+        print("ready", flush=True)  # one complete result exists
 """
 
 
