@@ -93,19 +93,20 @@ def _pieces(template: str, head: str, tail: str) -> tuple[str, str, str, str]:
     return before.rstrip(), lead + head, after.rstrip(), " " + tail if after.endswith(" ") else tail
 
 
-def knowledge_prompts(model, graph: KnowledgeGraph, pool: KnowledgeGraph | None = None,
+def knowledge_prompts(model, graph: KnowledgeGraph, pool: KnowledgeGraph | list[Triplet] | None = None,
                       noise_scale: float = 3.0, seed: int = 0) -> KnowledgePrompts:
     """Prompts for the facts of ``graph`` with their first training template per relation.
 
-    Counterfactual subjects come from ``pool`` (default: ``graph`` itself): heads of
+    Counterfactual subjects come from ``pool`` (a graph or triplets; default: ``graph`` itself): heads of
     the same relation whose tokens number the same as the fact's subject and whose
     tail starts with another token. Facts without one are listed in ``dropped``.
     """
     check_model(model)
     if not isinstance(graph, KnowledgeGraph):
         raise TypeError(f"graph must be a KnowledgeGraph, got {validate.given(graph)}")
-    if pool is not None and not isinstance(pool, KnowledgeGraph):
-        raise TypeError(f"pool must be None or a KnowledgeGraph, got {validate.given(pool)}")
+    if pool is not None and not (isinstance(pool, (KnowledgeGraph, list, tuple))
+                                 and all(isinstance(t, Triplet) for t in pool)):
+        raise TypeError(f"pool must be None, a KnowledgeGraph or a list of Triplets, got {validate.given(pool)}")
     noise_scale = validate.number("noise_scale", noise_scale, 0)
     seed = validate.integer("seed", seed, 0)
     tok = model.tokenizer
