@@ -126,12 +126,20 @@ class Comparison:
         return f"<p><code>{head}</code></p>" + self.summary().to_html(index=False, float_format="{:.3f}".format)
 
 
+def random_components(subnetwork: Subnetwork, n_random: int = 20, seed: int = 0) -> list[pd.DataFrame]:
+    """Component tables of ``n_random`` random subnetworks of the same size per site (seeds ``seed`` ...)."""
+    n_random = validate.integer("n_random", n_random, 0)
+    seed = validate.integer("seed", seed, 0)
+    return [components(random_like(subnetwork, seed + i)) for i in range(n_random)]
+
+
 def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] | None = None,
-            n_random: int = 20, seed: int = 0) -> Comparison:
+            n_random: int = 20, seed: int = 0, reference: list[pd.DataFrame] | None = None) -> Comparison:
     """Agreement of ``subnetwork`` with ``patching`` (head or neuron granularity), and of random ones.
 
     Only components present in both are compared (the patched components of the
-    subnetwork's masked layers); patching scores are absolute effects.
+    subnetwork's masked layers); patching scores are absolute effects. ``reference``
+    reuses ``random_components(subnetwork, n_random, seed)`` across several comparisons.
     """
     if not isinstance(subnetwork, Subnetwork):
         raise TypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
@@ -139,14 +147,13 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
         raise TypeError(f"patching must be a PatchingResult (kcs_tl.analysis.patch / attribute), "
                         f"got {validate.given(patching)}")
     kind = validate.choice("patching.granularity", patching.granularity, ("head", "neuron"))
-    n_random = validate.integer("n_random", n_random, 0)
-    seed = validate.integer("seed", seed, 0)
+    reference = random_components(subnetwork, n_random, seed) if reference is None else reference
+    n_random = len(reference)
 
-    def aligned(sub: Subnetwork) -> pd.DataFrame:
-        table = components(sub)
+    def aligned(table: pd.DataFrame) -> pd.DataFrame:
         return table[table.kind == kind].merge(patching.table[["component", "effect"]], on="component")
 
-    table = aligned(subnetwork)
+    table = aligned(components(subnetwork))
     if table.empty:
         raise ValueError(f"the subnetwork and the {kind} patching share no component: the subnetwork masks "
                          f"layers {sorted(set(s.layer for s in subnetwork.sites.values()))}, patching covers "
@@ -155,7 +162,7 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
                                                     for i, k in enumerate(ks)]
     effect = table["effect"].abs().fillna(0)
     real = _scores(table, effect, ks)
-    randoms = [_scores(aligned(random_like(subnetwork, seed + i)), effect, ks) for i in range(n_random)]
+    randoms = [_scores(aligned(r), effect, ks) for r in reference]
     rows = []
     for (metric, k), value in real.items():
         ref = np.array([r[metric, k] for r in randoms], float)

@@ -22,6 +22,7 @@ import torch
 import transformer_lens.patching as tl_patching
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens.utilities import get_act_name
 
 from kcs_tl import validate
 from kcs_tl.adapters.hooked import check_model, resolve_layers
@@ -113,8 +114,6 @@ def _setup(model, prompts, metric, corruption, layers):
 
 
 def _names(granularity: str, layers: list[int]) -> list[str]:
-    from transformer_lens.utils import get_act_name
-
     return [get_act_name(_SITES[granularity][0], layer) for layer in layers]
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from kcs_tl import validate
 from kcs_tl.adapters.hooked import check_model
-from kcs_tl.analysis.comparison import Comparison, compare
+from kcs_tl.analysis.comparison import Comparison, compare, random_components
 from kcs_tl.analysis.components import components
 from kcs_tl.analysis.heatmaps import heatmaps
 from kcs_tl.analysis.patching import PatchingResult, attribute, patch
@@ -123,7 +123,8 @@ def report(model, subnetwork: Subnetwork, target: KnowledgeGraph, path: str | Pa
         results[f"{kind} (attribution)"] = attribute(model, prompts, kind, metric, corruption, layers)
         seconds[f"{kind} patching"] = results[kind].seconds
         seconds[f"{kind} attribution"] = results[f"{kind} (attribution)"].seconds
-    comparisons = {name: compare(subnetwork, r, n_random=n_random, seed=seed) for name, r in results.items()
+    reference = random_components(subnetwork, n_random, seed)
+    comparisons = {name: compare(subnetwork, r, reference=reference) for name, r in results.items()
                    if r.granularity in set(table.kind)}
     views = [attention_view(model, subnetwork, _sentences(target, 3)),
              logprob_view(model, subnetwork, {"target": _sentences(target, 6),
