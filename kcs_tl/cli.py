@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kcs_tl.analysis.report import report, write_report
+from kcs_tl.analysis.report import Report, report, write_report
 from kcs_tl.data import KnowledgeGraph, lm_blocks, load_wordnet, load_wordnet_control
 from kcs_tl.files import check_writable, existing_result, read_json, result_folder
 from kcs_tl.metrics import Evaluation, evaluate
@@ -124,21 +124,23 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
               f"(not evaluated: `kcs-tl evaluate --subnetwork {out / 'subnetwork'} ...`)", file=sys.stderr)
         raise
     run_info = {"model": model_name, "search_seconds": seconds, "title": title}
-    write_result(out, True, found, result, (model, target, control, run_info) if with_report else None)
+    analysis = write_result(out, True, found, result, (model, target, control, run_info), with_report)
     print(result)
     print(f"\nsparsity {result.sparsity:.4%} ({result.n_in_subnetwork:,} weights removed); search "
           f"{seconds:.0f} s, best step {found.best_step} ({found.stopped})")
     print(result.criteria_line(cfg.criteria))
+    if analysis is not None:
+        print(f"\nthe subnetwork vs activation patching on the TargetKG's facts: {analysis}")
     print(f"wrote {out / 'subnetwork'}, history.csv, evaluation.csv, target.jsonl, control.jsonl, run.json"
           + (f", {out / 'report.html'}" if with_report else ""))
     return found.subnetwork, result
 
 
 def write_result(out: Path, overwrite: bool, found, result: Evaluation | None = None,
-                 analysed: tuple | None = None) -> None:
+                 analysed: tuple | None = None, with_report: bool = True) -> Report | None:
     """One result folder, written atomically: subnetwork and history; with the evaluation, also
-    the evaluation table; with ``analysed`` = (model, target, control, run info), the graphs,
-    ``run.json`` and the HTML report (``kcs_tl.analysis.report``)."""
+    the evaluation table; with ``analysed`` = (model, target, control, run info), the graphs and
+    ``run.json`` (what ``kcs-tl report`` reads) and, ``with_report``, the HTML report."""
     with result_folder(out, overwrite) as tmp:
         found.subnetwork.save(tmp / "subnetwork")
         found.history.to_csv(tmp / "history.csv", index=False)
@@ -149,9 +151,13 @@ def write_result(out: Path, overwrite: bool, found, result: Evaluation | None = 
             target.save(tmp / "target.jsonl")
             control.save(tmp / "control.jsonl")
             (tmp / "run.json").write_text(json.dumps(info, indent=2))
+        done = None
+        if analysed is not None and with_report:
             done = report(model, found.subnetwork, target, tmp / "report.html", control=control,
                           evaluation=result, title=info["title"])
-            print(done)
+    if done is not None:
+        done.path = out / "report.html"  # where the folder now is
+    return done
 
 
 # -- commands ------------------------------------------------------------------
