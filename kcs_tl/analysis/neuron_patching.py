@@ -29,7 +29,7 @@ def rows_per_forward(model, n_pos: int, max_memory_mb: float) -> int:
     """How many prompt rows one forward may hold: an estimate of the float activations a row keeps
     alive at once in one block (residual copies, attention scores, the MLP's hidden layer)."""
     c = model.cfg
-    per_row = n_pos * (12 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * n_pos) * 4
+    per_row = n_pos * (16 * c.d_model + 4 * c.d_mlp + 3 * c.n_heads * n_pos) * 4
     return max(1, int(max_memory_mb * 2**20 // per_row))
 
 
