@@ -1,12 +1,12 @@
 """The demo's HTML report: self-contained (no network reference), and it renders in a real browser."""
 
-import json
 import re
 import shutil
 
 import pytest
 
-from kcs_tl.cli import main
+from kcs_tl import DiscoveryConfig
+from kcs_tl.cli import main, run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -16,16 +16,16 @@ NETWORK = [r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", r"""from\s*["']http
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A demo run with a short search: its folder holds the report."""
-    tmp = tmp_path_factory.mktemp("report")
-    (tmp / "config.json").write_text(json.dumps({"eval_every": 4, "kg_batch_size": 16, "lm_batch_size": 2,
-                                                 "progress": False}))
-    main(["demo", "--out", str(tmp / "demo"), "--steps", "8", "--config", str(tmp / "config.json")])
-    return tmp / "demo"
+def demo(tmp_path_factory, builtin):
+    """What ``kcs-tl demo`` runs (``cli.run``), with a short search and a smaller control set."""
+    z, task = builtin
+    out = tmp_path_factory.mktemp("report") / "demo"
+    cfg = DiscoveryConfig(steps=8, eval_every=4, kg_batch_size=16, lm_batch_size=2, progress=False)
+    run(z.model, task.target, task.control, task.lm, cfg, out, False, n_random=1, model_name="tiny-world")
+    return out
 
 
-def test_the_demo_writes_a_self_contained_report(demo, capsys):
+def test_the_demo_writes_a_self_contained_report(demo):
     assert {p.name for p in demo.iterdir()} >= {"report.html", "target.jsonl", "control.jsonl", "run.json"}
     page = (demo / "report.html").read_text()
     for pattern in NETWORK:
