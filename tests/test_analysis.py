@@ -11,7 +11,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from kcs_tl import Subnetwork
 from kcs_tl.adapters.hooked import fingerprint, hook_site, weight_site
 from kcs_tl.analysis import (
-    attribute, compare, components, knowledge_prompts, patch, plot_overlap, roc_auc, spearman,
+    attention_view, attribute, compare, components, heatmaps, knowledge_prompts, logprob_view, patch, plot_overlap,
+    report, roc_auc, spearman, topk_view,
 )
 from kcs_tl.analysis.answer_metrics import answer_logits, answer_metric
 from kcs_tl.analysis.comparison import overlap_at_k
@@ -150,3 +151,47 @@ def test_compare_puts_a_subnetwork_beside_random_ones_of_the_same_size(prompts):
         compare(sub, patch(model, p, "neuron", layers=[0]))
     with pytest.raises(ValueError, match="patching.granularity must be one of"):
         compare(sub, patch(model, p, "mlp_layer"))
+
+
+def _mlp_subnetwork(model):
+    return _subnetwork(model, {"blocks.1.mlp.hook_post": torch.arange(64) < 5})
+
+
+BAD_INPUTS = [
+    (lambda m, g, p: knowledge_prompts(m, "facts"), TypeError, r"graph must be a KnowledgeGraph, got 'facts'"),
+    (lambda m, g, p: knowledge_prompts(m, g, pool=["x"]), TypeError, r"pool must be None, a KnowledgeGraph or a list"),
+    (lambda m, g, p: knowledge_prompts(m, g, noise_scale=-1), ValueError, r"noise_scale must be a finite number >= 0"),
+    (lambda m, g, p: knowledge_prompts(m, g.subset(list(g)[:1])), ValueError, r"no fact of .* has a counterfactual"),
+    (lambda m, g, p: patch(m, p, "layer"), ValueError, r"granularity must be one of \('head', 'neuron'"),
+    (lambda m, g, p: patch(m, p, metric="acc"), ValueError, r"metric must be one of \('logprob', 'logit_diff', 'kl'\)"),
+    (lambda m, g, p: attribute(m, p, corruption="blur"), ValueError, r"corruption must be one of \('swap', 'noise'\)"),
+    (lambda m, g, p: patch(m, p, layers=[5]), ValueError, r"layers \[5\] out of range: this model has layers 0\.\.1"),
+    (lambda m, g, p: patch(m, "prompts"), TypeError, r"prompts must be KnowledgePrompts"),
+    (lambda m, g, p: patch(m, p, "neuron", max_memory_mb=0), ValueError, r"max_memory_mb must be a finite number > 0"),
+    (lambda m, g, p: components("sub"), TypeError, r"subnetwork must be a Subnetwork, got 'sub'"),
+    (lambda m, g, p: compare(_mlp_subnetwork(m), "patching"), TypeError, r"patching must be a PatchingResult"),
+    (lambda m, g, p: compare(_mlp_subnetwork(m), patch(m, p, "neuron", layers=[1]), n_random=-1), ValueError,
+     r"n_random must be an int >= 0, got -1"),
+    (lambda m, g, p: compare(_mlp_subnetwork(m), patch(m, p, "neuron", layers=[1]), ks=[0]), ValueError,
+     r"ks\[0\] must be an int in \[1, 64\], got 0"),
+    (lambda m, g, p: attention_view(m, _mlp_subnetwork(m), "A sentence"), ValueError,
+     r"sentences must be a non-empty list of non-empty strings"),
+    (lambda m, g, p: attention_view(m, _mlp_subnetwork(m), ["thing1 is red"], n_heads=0), ValueError,
+     r"n_heads must be an int in \[1, 8\], got 0"),
+    (lambda m, g, p: logprob_view(m, _mlp_subnetwork(m), ["thing1 is red"]), TypeError,
+     r"sets must be a non-empty dict name -> list of sentences"),
+    (lambda m, g, p: topk_view(m, _subnetwork(m, {"blocks.1.attn.hook_z": torch.ones(4, dtype=torch.bool)}),
+                               ["thing1 is red"]), ValueError, r"masks no MLP neuron"),
+    (lambda m, g, p: heatmaps(components(_mlp_subnetwork(m)), n_buckets=0), ValueError,
+     r"n_buckets must be an int >= 1"),
+    (lambda m, g, p: report(m, _mlp_subnetwork(m), g, "/nowhere/at/all/report.html"), FileNotFoundError,
+     r"folder /nowhere/at/all does not exist"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS, ids=[f"analysis-{i}" for i in range(len(BAD_INPUTS))])
+def test_bad_analysis_input(call, error, message, prompts, toy):
+    model, p = prompts
+    with pytest.raises(error, match=message) as info:
+        call(model, toy[1], p)
+    assert "\n" not in str(info.value)

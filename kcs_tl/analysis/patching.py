@@ -144,6 +144,7 @@ def patch(model, prompts: KnowledgePrompts, granularity: str = "head", metric: s
     neurons: many per forward, within ``max_memory_mb`` (``patch_neurons``).
     """
     validate.choice("granularity", granularity, GRANULARITIES)
+    max_memory_mb = validate.number("max_memory_mb", max_memory_mb, 0, low_open=True)
     prompts, layers = _setup(model, prompts, metric, corruption, layers)
     start = time.perf_counter()
     names = _names(granularity, layers)
