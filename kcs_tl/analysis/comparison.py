@@ -12,7 +12,9 @@ For the components both cover (heads or neurons of the masked layers):
 A component is "in" the subnetwork when its fraction exceeds the mean fraction of
 its kind (denser than the subnetwork is on average; for head or neuron masks this is
 simply membership). The same numbers for random subnetworks of the same size per
-site (``kcs_tl.random_like``) are the reference a real agreement must beat.
+site (``kcs_tl.random_like``) are the reference a real agreement must beat; their
+members are as many of their densest components as the real subnetwork has members,
+so the sets compared are of equal size.
 """
 
 from __future__ import annotations
@@ -75,8 +77,19 @@ def default_ks(n: int) -> list[int]:
     return sorted({int(k) for k in np.unique(np.geomspace(1, n, num=min(n, 10)).round())})
 
 
-def _scores(table: pd.DataFrame, effect: pd.Series, ks: Sequence[int]) -> dict[tuple[str, int | None], float]:
-    members = (table["fraction"] > table["fraction"].mean()).to_numpy()
+def _members(table: pd.DataFrame, n: int | None = None) -> np.ndarray:
+    """The components denser than their mean, or the ``n`` densest (ties broken by position)."""
+    fraction = table["fraction"].to_numpy()
+    if n is None:
+        return fraction > fraction.mean()
+    members = np.zeros(len(fraction), bool)
+    members[np.argsort(-fraction, kind="stable")[:n]] = True
+    return members
+
+
+def _scores(table: pd.DataFrame, effect: pd.Series, ks: Sequence[int],
+            n_members: int | None = None) -> dict[tuple[str, int | None], float]:
+    members = _members(table, n_members)
     out = {("spearman", None): spearman(table["fraction"], effect),
            ("roc_auc", None): roc_auc(members, effect)}
     for row in overlap_at_k(members, effect, ks).itertuples():
@@ -162,7 +175,8 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
                                                     for i, k in enumerate(ks)]
     effect = table["effect"].abs().fillna(0)
     real = _scores(table, effect, ks)
-    randoms = [_scores(aligned(r), effect, ks) for r in reference]
+    members = int(_members(table).sum())
+    randoms = [_scores(aligned(r), effect, ks, members) for r in reference]
     rows = []
     for (metric, k), value in real.items():
         ref = np.array([r[metric, k] for r in randoms], float)
@@ -171,7 +185,6 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
                      "random_std": float(np.nanstd(ref)) if n_random else float("nan")})
     frame = pd.DataFrame(rows)
     frame["k"] = frame["k"].astype("Int64")
-    members = int((table["fraction"] > table["fraction"].mean()).sum())
     return Comparison(frame, kind, len(table), members, n_random,
                       f"{patching.method} {patching.granularity} patching ({patching.metric}, {patching.corruption})")
 
