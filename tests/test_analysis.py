@@ -144,7 +144,7 @@ def test_compare_puts_a_subnetwork_beside_random_ones_of_the_same_size(prompts):
     result = compare(sub, heads, n_random=10)
     assert result.value("roc_auc") == 1.0 and result.value("precision", 6) == 1.0
     assert result.value("roc_auc", source="random") < 0.8
-    assert set(result.summary().metric) == {"spearman", "roc_auc", "precision@6", "jaccard@6"}
+    assert set(result.summary().metric) == {"spearman", "roc_auc", "precision@10", "precision@6", "jaccard@6"}
     fig = plot_overlap(result, "precision")
     assert fig.axes[0].get_xlabel().startswith("k (top-k neurons")
     with pytest.raises(ValueError, match="share no component"):

@@ -117,10 +117,13 @@ class Comparison:
         return float(rows[source].iloc[0])
 
     def summary(self) -> pd.DataFrame:
-        """Spearman, ROC AUC and precision@k at k = number of members (or the nearest k measured)."""
+        """Spearman, ROC AUC, precision@k for a few top components (about a quarter, at most 10) and
+        precision and Jaccard at k = number of members (each at the nearest k measured)."""
         ks = self.table.k.dropna().astype(int).unique()
-        k = int(ks[np.abs(ks - self.n_members).argmin()]) if len(ks) else None
-        rows = [("spearman", None), ("roc_auc", None), ("precision", k), ("jaccard", k)]
+        near = lambda n: int(ks[np.abs(ks - n).argmin()])  # noqa: E731
+        small, k = near(max(1, min(10, self.n_components // 4))), near(self.n_members)
+        rows = [("spearman", None), ("roc_auc", None), *([("precision", small)] if small != k else []),
+                ("precision", k), ("jaccard", k)]
         return pd.DataFrame([{"metric": m if kk is None else f"{m}@{kk}",
                               "subnetwork": self.value(m, kk), "random": self.value(m, kk, "random"),
                               "random_std": self.value(m, kk, "random_std")} for m, kk in rows])
