@@ -140,6 +140,11 @@ def build_tokenizer(tokens: list[str], merges: list[str], token_type: list[int])
     return tok
 
 
+def _float32(x: float) -> float:
+    """A float the GGUF stored as float32, as written in the source config (9.9999997e-06 -> 1e-05)."""
+    return float(f"{float(x):.7g}")
+
+
 def config(meta: dict, device: str = "cpu"):
     """The ``HookedTransformerConfig`` of SmolLM2-135M from the GGUF metadata."""
     from transformer_lens import HookedTransformerConfig
@@ -151,9 +156,9 @@ def config(meta: dict, device: str = "cpu"):
         n_key_value_heads=int(meta["llama.attention.head_count_kv"]),
         d_mlp=int(meta["llama.feed_forward_length"]), d_vocab=int(meta["llama.vocab_size"]),
         n_ctx=int(meta["llama.context_length"]), act_fn="silu", gated_mlp=True,
-        normalization_type="RMS", final_rms=True, eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),
+        normalization_type="RMS", final_rms=True, eps=_float32(meta["llama.attention.layer_norm_rms_epsilon"]),
         positional_embedding_type="rotary", rotary_dim=d_model // heads, rotary_adjacent_pairs=False,
-        rotary_base=float(meta["llama.rope.freq_base"]),
+        rotary_base=_float32(meta["llama.rope.freq_base"]),
         default_prepend_bos=bool(meta.get("tokenizer.ggml.add_bos_token", False)), device=device,
     )
 
