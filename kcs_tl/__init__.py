@@ -8,6 +8,7 @@ and ``kcs_tl.metrics.evaluate``.
 from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
 from kcs_tl.baselines import random_like
 from kcs_tl.data import KGBatch, KnowledgeGraph, Triplet, encode, lm_blocks
+from kcs_tl.data import KnownFacts, known_facts, load_countries, load_prose
 from kcs_tl.masks import (
     RELAXATIONS, HardConcrete, MaskedModel, Sigmoid, StraightThroughSigmoid, attach_masks,
     get_relaxation,
@@ -24,3 +25,4 @@ __all__ = [
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like",
 ]
+__all__ += ["KnownFacts", "known_facts", "load_countries", "load_prose"]
