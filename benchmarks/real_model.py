@@ -69,6 +69,7 @@ def main(argv=None) -> dict:
     p.add_argument("--block-len", type=int, default=128)
     p.add_argument("--layers", default=None, help="comma-separated layers to mask (default: the upper half)")
     p.add_argument("--n-random", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the search runs: cpu, cuda, auto")
     p.add_argument("--quick", action="store_true", help="a tiny task, one layer, 3 steps: checks the printed fields")
     p.add_argument("--out", type=Path, default=RESULTS / "real_model.json")
     args = p.parse_args(argv)
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
     cfg = DiscoveryConfig(weights=("W_Q", "W_O", "W_in", "W_out"), layers=layers, steps=args.steps,
                           eval_every=args.eval_every, reference_top_k=100, lm_block_len=args.block_len,
-                          lm_batch_size=4, kg_batch_size=250, device="cpu", progress=not args.quick)
+                          lm_batch_size=4, kg_batch_size=250, device=args.device, progress=not args.quick)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     step_times: list[float] = []
