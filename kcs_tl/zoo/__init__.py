@@ -21,11 +21,13 @@ __all__ = ["ZooModel", "load", "available", "MODELS"]
 
 _HERE = Path(__file__).resolve().parent
 MODELS: dict[str, Path] = {"tiny-world": _HERE / "tiny_world"}
+DOWNLOADED = ("smollm2-135m",)
+"""Real models whose weights come from an optional package (``kcs_tl.zoo.smollm2``)."""
 
 
 def available() -> list[str]:
     """Names accepted by :func:`load`."""
-    return sorted(MODELS)
+    return sorted([*MODELS, *DOWNLOADED])
 
 
 @dataclass
@@ -45,11 +47,11 @@ class ZooModel:
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     kg: Any  # kcs_tl.data.kg.KnowledgeGraph
     lm_text: dict[str, list[str]]
-    agreement_train: list[str]
-    agreement_test: list
-    gender_train: list[str]
-    gender_test: list
-    target_roots: list[str]
+    agreement_train: list[str] = field(default_factory=list)
+    agreement_test: list = field(default_factory=list)
+    gender_train: list[str] = field(default_factory=list)
+    gender_test: list = field(default_factory=list)
+    target_roots: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
     @property
@@ -68,8 +70,23 @@ def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def load_weights(model, state: dict) -> None:
+    """Load every parameter of ``model`` from ``state`` (buffers such as rotary tables may be absent)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params & set(missing):
+        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
+                           f"unexpected {unexpected}")
+
+
 def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None) -> ZooModel:
-    """Load a built-in model offline (``path`` overrides the shipped directory)."""
+    """Load a built-in model offline (``path`` overrides the shipped directory, or the cache for a real model).
+
+    ``"smollm2-135m"`` is SmolLM2-135M-Instruct (``kcs_tl.zoo.smollm2``) with the
+    shipped country facts as ``kg`` and Python's documentation as ``lm_text``.
+    """
+    if name in DOWNLOADED:
+        return _load_smollm2(device, path)
     if path is None:
         if name not in MODELS:
             raise ValueError(f"unknown zoo model {name!r}; valid names: {available()}")
@@ -91,12 +108,7 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
     cfg_dict = json.loads((root / "config.json").read_text())
     cfg = HookedTransformerConfig(**cfg_dict["model"], device=device)
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    state = load_file(str(root / "model.safetensors"), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
-                           f"unexpected {unexpected}")
+    load_weights(model, load_file(str(root / "model.safetensors"), device="cpu"))
     if str(device) != "cpu":
         model.to(device)
     model.eval()
@@ -119,3 +131,19 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
         target_roots=list(meta["target_roots"]),
         meta={**meta, "build": cfg_dict.get("build", {})},
     )
+
+
+def _load_smollm2(device: str, folder: str | Path | None) -> ZooModel:
+    from kcs_tl.data.countries import load_countries
+    from kcs_tl.data.prose import load_prose
+    from kcs_tl.data.splits import holdout
+    from kcs_tl.zoo import smollm2
+
+    model, tokenizer = smollm2.load_model(device, folder)
+    prose = load_prose()
+    train, val = holdout(len(prose), 0.1, 0)
+    return ZooModel(name="smollm2-135m", model=model, tokenizer=tokenizer, kg=load_countries(),
+                    lm_text={"train": [prose[i] for i in train.tolist()],
+                             "validation": [prose[i] for i in val.tolist()]},
+                    meta={"source": smollm2.GGUF_FILE, "package": smollm2.PACKAGE, "licence": "Apache-2.0",
+                          "lm_text": "pydoc_data.topics (Python's documentation, PSF licence)"})
