@@ -5,7 +5,7 @@ the search loop is ``kcs_tl.search.discover``; results are ``kcs_tl.subnetwork.S
 and ``kcs_tl.metrics.evaluate``.
 """
 
-from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
+from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, architecture
 from kcs_tl.baselines import random_like
 from kcs_tl.data import KGBatch, KnowledgeGraph, Triplet, encode, lm_blocks
 from kcs_tl.masks import (
@@ -23,4 +23,5 @@ __all__ = [
     "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "MaskedModel",
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like",
+    "Architecture", "architecture",
 ]
