@@ -130,7 +130,7 @@ def _family(cfg) -> str:
 def _features(cfg) -> tuple[str, ...]:
     out = [f"norm {cfg.normalization_type}", f"{cfg.positional_embedding_type} positions"]
     if cfg.n_key_value_heads is not None:
-        out.append(f"grouped-query attention ({cfg.n_heads} query heads, {cfg.n_key_value_heads} key/value heads)")
+        out.append(f"grouped-query attention ({cfg.n_heads} query heads share {cfg.n_key_value_heads} key/value)")
     out.append("gated MLP" if cfg.gated_mlp else "MLP")
     if cfg.parallel_attn_mlp:
         out.append("parallel attention and MLP")
