@@ -89,3 +89,12 @@ def test_discovery_and_convergence_quick(capsys):
     assert 0 <= table.sparsity.iloc[0] <= 1 and "runs meeting all criteria" in out and "held-out" in out
     table = convergence.main(["--quick"])
     assert list(table.schedule) == ["default"] and "target: success within 4000 steps" in capsys.readouterr().out
+
+
+def test_large_vocab_quick(capsys):
+    import large_vocab
+
+    rows = large_vocab.main(["--quick", "--lm-blocks", "4", "--steps", "1", "--references", "auto,on_the_fly"])
+    assert [r["chosen"].split(":")[0] for r in rows] == ["full", "on_the_fly"]
+    assert all(r["step_s"] > 0 and r["prepare_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
+    assert "meets" in capsys.readouterr().out
