@@ -68,6 +68,13 @@ class DiscoveryConfig:
     the built-in model needed far more steps to pass 98% sparsity (see
     benchmarks/convergence.py). ``preset("published")`` restores the schedule
     (``target_sparsity=None``) and the released 40,000 steps.
+
+    Defaults that adapt to the model: ``weights=None`` masks every matrix its
+    architecture has (``kcs_tl.architecture``); ``reference="auto"`` keeps the
+    original model's outputs in the most faithful form that fits in
+    ``reference_max_gib`` (``kcs_tl.teacher``); ``prepend_bos=None`` encodes
+    facts and text with a BOS only when the model's ``cfg.default_prepend_bos``
+    says so. Every setting is checked against the model before any forward pass.
     """
 
     # What is masked.
