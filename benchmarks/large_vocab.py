@@ -59,7 +59,8 @@ def run(shape: dict, reference: str, lm_blocks: int, steps: int, block_len: int)
             search.step()
             times.append(time.perf_counter() - t0)
     n_masks = sum(p.numel() for p in search.masked.scores.values())
-    return {"reference": reference, "chosen": search.data.setup["reference"], "prepare_s": prepare,
+    return {"reference": reference, "chosen": search.data.setup["reference"],
+            "lm_blocks_per_backward": search.data.setup["lm_blocks_per_backward"], "prepare_s": prepare,
             "step_s": sorted(times)[len(times) // 2], "masks": n_masks, "peak_rss_gib": peak_rss_gib()}
 
 
@@ -76,7 +77,8 @@ def main(argv=None) -> list[dict]:
         row = run(shape, reference, args.lm_blocks, args.steps, block_len)
         rows.append(row)
         verdict = "meets" if row["peak_rss_gib"] <= TARGET_GIB else "MISSES"
-        print(f"reference={reference!r}: {row['chosen']}; prepare {row['prepare_s']:.1f} s, step "
+        print(f"reference={reference!r}: {row['chosen']}, {row['lm_blocks_per_backward']} LM block(s) per "
+              f"backward; prepare {row['prepare_s']:.1f} s, step "
               f"{row['step_s']:.2f} s (median of {args.steps}), {row['masks']:,} masks, peak RSS "
               f"{row['peak_rss_gib']:.2f} GiB ({verdict} <= {TARGET_GIB:g} GiB)", flush=True)
     return rows

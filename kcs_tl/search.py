@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from kcs_tl import validate
 from kcs_tl.adapters.hooked import (
-    GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, check_model, head, residual_before, run_from,
+    GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, activation_bytes, check_model, head, residual_before, run_from,
 )
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
@@ -106,6 +106,7 @@ class DiscoveryConfig:
     reference: str = "auto"  # the original model's outputs: "full", "fp16", "top_k", "on_the_fly" (kcs_tl.teacher)
     reference_top_k: int = 100  # k of the "top_k" representation
     reference_max_gib: float = 2.0  # memory budget of the cached outputs
+    lm_chunk_max_gib: float = 1.0  # activations of the LM blocks backpropagated together (estimated)
     prepend_bos: bool | None = None  # None: the model's cfg.default_prepend_bos
     # Validation, stopping, checkpoints.
     control_val_fraction: float = 0.2
@@ -206,6 +207,7 @@ FIELD_CHECKS = {
     "reference": partial(_v.choice, options=REFERENCES),
     "reference_top_k": partial(_v.integer, low=1),
     "reference_max_gib": partial(_v.number, low=0, low_open=True),
+    "lm_chunk_max_gib": partial(_v.number, low=0, low_open=True),
     "prepend_bos": partial(_v.optional, _v.boolean),
     "control_val_fraction": _v.fraction,
     "lm_val_fraction": _v.fraction,
@@ -260,7 +262,7 @@ def _tokenizer(model, what: str):
     return model.tokenizer
 
 
-def _as_kg_batch(data, model, what: str, prepend_bos: bool = True) -> KGBatch:
+def _as_kg_batch(data, model, what: str, prepend_bos: bool) -> KGBatch:
     if isinstance(data, KnowledgeGraph):
         data = encode(data, _tokenizer(model, what), "train", prepend_bos=prepend_bos)
     if not isinstance(data, KGBatch):
@@ -268,7 +270,7 @@ def _as_kg_batch(data, model, what: str, prepend_bos: bool = True) -> KGBatch:
     return validate.kg_batch(what, data, model)
 
 
-def _as_lm_blocks(data, model, block_len: int, prepend_bos: bool = False) -> Int[Tensor, "n block"]:
+def _as_lm_blocks(data, model, block_len: int, prepend_bos: bool) -> Int[Tensor, "n block"]:
     if not isinstance(data, Tensor):
         try:
             data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx),
@@ -315,6 +317,7 @@ class _Data:
     lm_resid: Float[Tensor, "n_lm block d_model"]
     base_control_top1: float
     base_lm_ppl: float
+    lm_chunk: int = 1 << 30  # LM blocks per forward/backward within a step
     setup: dict = field(default_factory=dict)
 
 
@@ -369,6 +372,8 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
                                                      cfg.lm_val_fraction, cfg.seed))
     plan = plan_reference(cfg.reference, int(c.label_mask.sum()), lm.numel(), model.cfg.d_vocab,
                           cfg.reference_top_k, cfg.reference_max_gib)
+    per_block = activation_bytes(model, model.cfg.n_layers - start, lm.shape[1])
+    chunk = max(1, int(cfg.lm_chunk_max_gib * 2**30 // per_block))
     known, n_facts = _known_facts(model, t)
     if known < 0.5 * n_facts:
         warnings.warn(f"discover: the model knows only {known} of {n_facts} TargetKG facts (gold tail in its top 10 "
@@ -387,7 +392,9 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
         lm_ref=lm_ref, start=start, target_resid=target_resid, control_resid=control_resid, lm_resid=lm_resid,
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
-        setup={"prepend_bos": bos, "reference": plan.describe(), "target_known": f"{known}/{n_facts}"},
+        lm_chunk=chunk,
+        setup={"prepend_bos": bos, "reference": plan.describe(), "target_known": f"{known}/{n_facts}",
+               "lm_blocks_per_backward": min(chunk, cfg.lm_batch_size)},
     )
 
 
@@ -425,15 +432,12 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
             ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
             ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
         out["control_kg"] = ref.kl(c_logits).mean()
-        lm_resid = data.lm_resid[lm_rows]
-        lm_logits = head(model, run_from(model, lm_resid, data.start)).float().flatten(0, 1)
-        if data.lm_ref is None:
-            ref = _teacher(masked, lm_resid, data.start)
-        else:
-            positions = (lm_rows[:, None] * data.lm.shape[1]
-                         + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
-            ref = data.lm_ref[positions]
-        out["control_lm"] = ref.kl(lm_logits).mean()
+        chunks = lm_rows.split(data.lm_chunk)
+        if len(chunks) == 1:
+            out["control_lm"] = _lm_kl(masked, data, lm_rows) / lm_rows.numel() / data.lm.shape[1]
+        else:  # each chunk's backward now, so only one chunk's activations are alive at a time
+            n = lm_rows.numel() * data.lm.shape[1]
+            out["control_lm"] = sum(_lm_kl(masked, data, rows, cfg.control_lm_weight / n) for rows in chunks) / n
         if cfg.expression_weight:
             with masked.as_mode("keep"):
                 kept = model(t.tokens)[t.label_mask].float()
@@ -448,6 +452,28 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
                    + cfg.control_lm_weight * out["control_lm"] + out["sparsity"]
                    + cfg.expression_weight * out.get("expression", 0.0))
     return out
+
+
+def _lm_kl(masked: MaskedModel, data: _Data, lm_rows: Tensor, backward_weight: float | None = None) -> Tensor:
+    """Summed KL(original || masked) over the positions of LM blocks ``lm_rows``.
+
+    With ``backward_weight`` the weighted sum is backpropagated at once (keeping the
+    masks' graph for the other terms) and the sum comes back detached.
+    """
+    model = masked.model
+    resid = data.lm_resid[lm_rows]
+    logits = head(model, run_from(model, resid, data.start)).float().flatten(0, 1)
+    if data.lm_ref is None:
+        ref = _teacher(masked, resid, data.start)
+    else:
+        positions = (lm_rows[:, None] * data.lm.shape[1]
+                     + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
+        ref = data.lm_ref[positions]
+    total = ref.kl(logits).sum()
+    if backward_weight is None:
+        return total
+    (backward_weight * total).backward(retain_graph=True)
+    return total.detach()
 
 
 @torch.no_grad()
@@ -667,14 +693,14 @@ class Search:
         A non-finite loss or gradient updates nothing and sets ``fault`` (which
         values went non-finite), so the masks stay at their last finite state.
         """
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
         with self.autocast:
             terms = _losses(self.masked, self.data, self.cfg, self.state.step, self.gen, self.lagrangian)
         if not torch.isfinite(terms["loss"]):
             self.fault = (f"non-finite loss at step {self.state.step} "
                           f"(terms: { {k: float(v.detach()) for k, v in terms.items()} })")
             return terms
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)
         terms["loss"].backward()
         bad = _nonfinite(self.trained, grads=True)
         if bad:

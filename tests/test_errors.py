@@ -410,6 +410,8 @@ BAD_INPUTS = [
                  r"'fp16', 'top_k', 'on_the_fly'\), got 'topk'", id="reference-unknown"),
     pytest.param(config(reference_top_k=None), TypeError, r"reference_top_k must be an int >= 1, got None",
                  id="top_k-none"),
+    pytest.param(config(lm_chunk_max_gib=-1), ValueError, r"DiscoveryConfig.lm_chunk_max_gib must be a finite number > 0",
+                 id="lm_chunk_max_gib-negative"),
     pytest.param(config(prepend_bos="no"), TypeError, r"DiscoveryConfig.prepend_bos must be True or False",
                  id="prepend_bos-str"),
     pytest.param(lambda c: c.discover(weights=("W_gate",)), ValueError,

@@ -260,3 +260,24 @@ def test_print_family_matrix():
     table = pd.DataFrame(MATRIX).T.fillna("-")
     print("\n" + table.to_string())
     assert len(table)
+
+
+def test_lm_blocks_backpropagated_in_chunks_give_the_same_step():
+    """A tight ``lm_chunk_max_gib`` runs one LM block per backward: same losses, same updated scores."""
+    model, target, control, blocks = family_world("llama")
+    scores = {}
+    for budget in (1.0, 1e-9):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            search_ = Search(model, target, control, blocks, DiscoveryConfig(**QUICK | {"lm_chunk_max_gib": budget}))
+        torch.manual_seed(0)  # the masks' noise comes from the global generator (discover seeds it)
+        with search_:
+            history = [{k: float(v.detach()) for k, v in search_.step().items()} for _ in range(3)]
+            scores[budget] = (history, {k: v.detach().clone() for k, v in search_.masked.scores.items()},
+                              search_.data.setup["lm_blocks_per_backward"])
+    (h_one, s_one, n_one), (h_chunked, s_chunked, n_chunked) = scores[1.0], scores[1e-9]
+    assert (n_one, n_chunked) == (4, 1)
+    for a, b in zip(h_one, h_chunked):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in a)
+    for k in s_one:
+        torch.testing.assert_close(s_chunked[k], s_one[k], rtol=1e-4, atol=1e-5)

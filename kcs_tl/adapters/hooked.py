@@ -313,6 +313,18 @@ def fingerprint_mismatch(expected: dict, model: HookedTransformer) -> list[str]:
             for k in expected if expected[k] != actual.get(k)]
 
 
+def activation_bytes(model: HookedTransformer, n_layers: int, seq_len: int) -> int:
+    """Rough fp32 bytes one sequence keeps for the backward pass through ``n_layers`` blocks and the unembedding.
+
+    Per token and block: about 12 residual-sized and 4 MLP-sized tensors plus 4
+    attention-score rows per head; per token, 4 vocabulary-sized tensors (logits,
+    log-probs and their gradients). An estimate for choosing batch chunks, not a bound.
+    """
+    c = model.cfg
+    per_token = n_layers * (12 * c.d_model + 4 * c.d_mlp + 4 * c.n_heads * seq_len) + 4 * c.d_vocab
+    return 4 * seq_len * per_token
+
+
 def residual_before(model: HookedTransformer, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     """The residual stream entering block ``layer`` (layer 0: the embeddings)."""
     return model(tokens, stop_at_layer=layer)
