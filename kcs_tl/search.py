@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -454,7 +454,8 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
     return out
 
 
-def _lm_kl(masked: MaskedModel, data: _Data, lm_rows: Tensor, backward_weight: float | None = None) -> Tensor:
+def _lm_kl(masked: MaskedModel, data: _Data, lm_rows: Int[Tensor, "rows"],
+           backward_weight: float | None = None) -> Float[Tensor, ""]:
     """Summed KL(original || masked) over the positions of LM blocks ``lm_rows``.
 
     With ``backward_weight`` the weighted sum is backpropagated at once (keeping the
@@ -477,7 +478,8 @@ def _lm_kl(masked: MaskedModel, data: _Data, lm_rows: Tensor, backward_weight: f
 
 
 @torch.no_grad()
-def _teacher(masked: MaskedModel, resid: Tensor, start: int, positions: Tensor | None = None) -> Reference:
+def _teacher(masked: MaskedModel, resid: Float[Tensor, "batch pos d_model"], start: int,
+             positions: Bool[Tensor, "batch pos"] | None = None) -> Reference:
     """The original model's distributions, computed now (masks off) from cached residuals: ``on_the_fly``."""
     model = masked.model
     with masked.disabled():
