@@ -5,7 +5,7 @@ the search loop is ``kcs_tl.search.discover``; results are ``kcs_tl.subnetwork.S
 and ``kcs_tl.metrics.evaluate``.
 """
 
-from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
+from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, architecture
 from kcs_tl.analysis.report import report
 from kcs_tl.baselines import random_like
 from kcs_tl.data import (
@@ -22,9 +22,9 @@ from kcs_tl.subnetwork import Subnetwork, majority
 __version__ = "0.1.0"
 
 __all__ = [
-    "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Criteria", "Discovery",
+    "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Architecture", "Criteria", "Discovery",
     "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "KnownFacts", "MaskedModel",
-    "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
+    "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "architecture", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "known_facts", "lm_blocks", "load_countries",
     "load_prose", "majority", "random_like", "report",
 ]

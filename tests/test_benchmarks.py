@@ -101,3 +101,12 @@ def test_patching_quick(capsys):
     for kind in ("heads", "neurons"):
         assert -1 <= row[f"spearman, {kind}"] <= 1 and row[f"exact / attribution (s), {kind}"] > 0
     assert "(1) neurons: batched" in out and "(2) heads: exact" in out
+
+
+def test_large_vocab_quick(capsys):
+    import large_vocab
+
+    rows = large_vocab.main(["--quick", "--lm-blocks", "4", "--steps", "1", "--references", "auto,on_the_fly"])
+    assert [r["chosen"].split(":")[0] for r in rows] == ["full", "on_the_fly"]
+    assert all(r["step_s"] > 0 and r["prepare_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
+    assert "meets" in capsys.readouterr().out
