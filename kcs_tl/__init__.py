@@ -15,6 +15,12 @@ from kcs_tl.masks import (
 from kcs_tl.metrics import Criteria, Evaluation, evaluate
 from kcs_tl.search import Discovery, DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork, majority
+from kcs_tl.baselines import unit_baseline, weight_baseline
+from kcs_tl.interventions import (
+    Intervention, InterventionConfig, InterventionTask, agreement_task, evaluate_intervention,
+    find_interventions, gender_task, prompt_task,
+)
+from kcs_tl.analysis.compare import compare_methods
 
 __version__ = "0.1.0"
 
@@ -23,4 +29,8 @@ __all__ = [
     "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "MaskedModel",
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like",
+    # sparse interventions (De Cao et al.) and attribution baselines
+    "Intervention", "InterventionConfig", "InterventionTask", "agreement_task", "compare_methods",
+    "evaluate_intervention", "find_interventions", "gender_task", "prompt_task", "unit_baseline",
+    "weight_baseline",
 ]

@@ -1,4 +1,4 @@
-"""The ``kcs-tl`` command: ``demo``, ``discover`` and ``evaluate``.
+"""The ``kcs-tl`` command: ``demo``, ``discover``, ``evaluate`` and ``interventions``.
 
 ``demo`` tells the whole story offline on the built-in model; ``discover`` and
 ``evaluate`` run the same steps on your own data and any TransformerLens model
@@ -210,7 +210,7 @@ KG_HELP = "a KnowledgeGraph .jsonl file, wordnet:ROOT, wordnet:control or zoo:RO
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kcs-tl", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,discover,evaluate}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,discover,evaluate,interventions}")
 
     demo = sub.add_parser("demo", help="the whole story on the built-in model, offline, on CPU",
                           description="Pick an IsA subtree of the built-in world as TargetKG, discover its "
@@ -244,6 +244,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="optional folder for evaluation.csv and summary.html")
     ev.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     ev.set_defaults(func=cmd_evaluate)
+    from kcs_tl.interventions import command as interventions_command
+
+    interventions_command.add_parser(sub)
     return p
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import convergence  # noqa: E402
 import discovery  # noqa: E402
+import interventions  # noqa: E402
 import scaling  # noqa: E402
 import step_cost  # noqa: E402
 
@@ -89,3 +90,16 @@ def test_discovery_and_convergence_quick(capsys):
     assert 0 <= table.sparsity.iloc[0] <= 1 and "runs meeting all criteria" in out and "held-out" in out
     table = convergence.main(["--quick"])
     assert list(table.schedule) == ["default"] and "target: success within 4000 steps" in capsys.readouterr().out
+
+
+def test_interventions_quick(capsys):
+    results = interventions.main(["--quick"])
+    out = capsys.readouterr().out
+    for name in ("agreement", "gender"):
+        table = results[name]["table"]
+        assert set(table.method) == {"hard_concrete", "reinforce", "integrated_gradients", "grad_x_activation",
+                                     "activation", "random"}
+        assert (table.n_units == table[table.method == "hard_concrete"].n_units.iloc[0]).all()
+        assert set(results[name]["pareto"].method) == {"hard_concrete", "reinforce"}
+    assert list(results["knowledge"]["table"].method) == ["discover", "weight_magnitude", "grad_x_weight", "random"]
+    assert out.count("meets") + out.count("MISSES") == 2 and "(c) knowledge suppression" in out
