@@ -183,3 +183,21 @@ def test_bad_inputs_say_what_is_valid(world):
         compare_methods(model, task, ["magic"], sizes=[2])
     with pytest.raises(TypeError, match="subnetwork must be a Subnetwork"):
         evaluate_intervention(model, task, None)
+
+
+def test_cli_verb_writes_one_result_folder_and_refuses_bad_input(tmp_path, capsys):
+    from kcs_tl.cli import main
+
+    out = tmp_path / "iv"
+    main(["interventions", "--task", "gender", "--method", "activation", "--units", "5", "--n-random", "0",
+          "--layers", "0,1", "--out", str(out)])
+    assert {p.name for p in out.iterdir()} >= {"subnetwork", "effect.csv", "summary.html"}
+    assert Subnetwork.load(out / "subnetwork").n_in_subnetwork() == 5
+    assert "5 units" in capsys.readouterr().out
+    for argv, message in [(["--method", "random"], "needs --units"),
+                          (["--units", "5", "--out", str(out)], "already"),
+                          (["--units", "5", "--ablation", "learned", "--method", "random", "--steps", "0"],
+                           "InterventionConfig.steps")]:
+        with pytest.raises(SystemExit) as err:
+            main(["interventions", "--task", "gender", *argv, *(["--out", str(tmp_path / "x")] if "--out" not in argv else [])])
+        assert err.value.code == 2 and message in capsys.readouterr().err
