@@ -19,10 +19,11 @@ on f), ``random``.
 
 Each becomes a ``Subnetwork`` of exactly the requested size: the top units per
 site with counts matched to a learned subnetwork (``like=``), or the global top
-``size``. The integrated gradients here are our own short implementation: Captum's
-``LayerIntegratedGradients`` would need one forward function per hook site and a
-second copy of the model's hook plumbing, for a loop of a dozen lines; the test
-suite checks completeness (and agrees with Captum when it is installed).
+``size``. Integrated gradients are our own dozen lines rather than Captum's
+``LayerIntegratedGradients``: the path runs from the intervened value r (the
+same mean or zero the search uses), not from Captum's input baselines, one
+hook site at a time through TransformerLens hooks, and Captum would be a new
+dependency for that loop. The tests check completeness.
 """
 
 from __future__ import annotations

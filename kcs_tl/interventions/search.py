@@ -48,8 +48,12 @@ class InterventionConfig:
     means 20 units cost as much as a task loss of 0.2. With ``target_units``
     set, a Lagrangian (``objectives.Lagrangian``, multipliers by gradient
     ascent at ``lagrangian_lr``) holds the expected number of units there
-    instead (the multipliers act on expected units / ``target_units``), and
-    ``l0_weight`` is unused.
+    instead (the multipliers act on expected units / held size), and
+    ``l0_weight`` is unused. The held size falls linearly from the initial
+    expected size (``init_prob`` of the units) to ``target_units`` over the
+    first ``target_anneal`` of the steps, as Edge Pruning anneals its target:
+    held at ``target_units`` from the start, the KL term and the Lagrangian
+    shut nearly every gate before the task loss has picked any unit.
     """
 
     method: str = "hard_concrete"
@@ -59,6 +63,7 @@ class InterventionConfig:
     kl_weight: float = 1.0
     l0_weight: float = 0.01
     target_units: int | None = None
+    target_anneal: float = 0.5
     lagrangian_lr: float = 0.05
     init_prob: float = 0.5
     steps: int = 500
@@ -81,6 +86,7 @@ class InterventionConfig:
         for name in ("kl_weight", "l0_weight"):
             setattr(self, name, v.number(f"InterventionConfig.{name}", getattr(self, name), 0))
         self.target_units = v.optional(v.integer, "InterventionConfig.target_units", self.target_units, 1)
+        self.target_anneal = v.number("InterventionConfig.target_anneal", self.target_anneal, 0, 1)
         self.lagrangian_lr = v.number("InterventionConfig.lagrangian_lr", self.lagrangian_lr, 0, 10, low_open=True)
         self.init_prob = v.fraction("InterventionConfig.init_prob", self.init_prob)
         self.lr = v.number("InterventionConfig.lr", self.lr, 0, 10, low_open=True)
@@ -135,6 +141,13 @@ def _read_effect(model, masked: MaskedModel, task: InterventionTask) -> tuple[fl
     return effect, size
 
 
+def _held_size(config: InterventionConfig, step: int, total_units: int) -> float:
+    """The size the Lagrangian holds at ``step``: annealed from the initial expected size to ``target_units``."""
+    start = max(config.init_prob * total_units, config.target_units)
+    left = max(0.0, 1 - step / max(config.target_anneal * config.steps, 1))
+    return config.target_units + (start - config.target_units) * left
+
+
 def find_interventions(model, task: InterventionTask, config: InterventionConfig | None = None) -> Intervention:
     """Search gates on ``task`` (see the module docstring); the model is left as it was."""
     check_model(model)
@@ -186,7 +199,8 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
                     loss = task_loss + config.kl_weight * kl
                     density = masked.expected_density()
                     units = density * total_units  # expected L0
-                    penalty = (lagrangian(units / config.target_units) if lagrangian else config.l0_weight * units)
+                    penalty = (lagrangian(units / _held_size(config, step, total_units)) if lagrangian
+                               else config.l0_weight * units)
                     objective = loss + penalty
                     if config.method == "reinforce":
                         objective = objective + reinforce.surrogate(loss, masks, scores, baseline())
