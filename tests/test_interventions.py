@@ -159,8 +159,13 @@ def test_count_forwards_counts_calls_and_rows(world):
     model, task, *_ = world
     with count_forwards(model) as n:
         model(task.train.tokens)
-        model(task.train.tokens[:2])
-    assert (n.calls, n.sequences) == (2, len(task.train) + 2)
+        model.run_with_hooks(task.train.tokens[:2])
+        model.run_with_cache(task.train.tokens[:1])
+    assert (n.calls, n.sequences) == (3, len(task.train) + 3)
+    sites = hook_sites(model)
+    with count_forwards(model) as n:
+        unit_attributions(model, task, "integrated_gradients", sites, {}, steps=3)
+    assert n.calls == 1 + 3 * len(sites)  # one cache, then one pass per point and site
 
 
 def test_bad_inputs_say_what_is_valid(world):

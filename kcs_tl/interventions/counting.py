@@ -16,15 +16,20 @@ class ForwardCount:
 
 @contextmanager
 def count_forwards(model):
-    """Count every top-level forward of ``model`` inside the block (hooks stay untouched)."""
+    """Count the forward passes of ``model`` inside the block that reach its output.
+
+    Counted at the unembedding, which every full forward runs once:
+    ``run_with_hooks`` and ``run_with_cache`` call ``model.forward`` directly,
+    so a hook on the model itself would miss them, and a search that caches
+    the lower layers' residual once still unembeds on every step.
+    """
     count = ForwardCount()
 
-    def tick(module, args, kwargs):
-        x = args[0] if args else kwargs.get("input")
+    def tick(module, args):
         count.calls += 1
-        count.sequences += int(x.shape[0]) if hasattr(x, "shape") and x.ndim >= 2 else 1
+        count.sequences += int(args[0].shape[0]) if args[0].ndim >= 3 else 1
 
-    handle = model.register_forward_pre_hook(tick, with_kwargs=True)
+    handle = model.unembed.register_forward_pre_hook(tick)
     try:
         yield count
     finally:
