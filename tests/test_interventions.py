@@ -13,7 +13,7 @@ from kcs_tl.baselines.attribution import (
     weight_baseline,
 )
 from kcs_tl.interventions import (
-    InterventionConfig, count_forwards, evaluate_intervention, find_interventions, prompt_task,
+    InterventionConfig, count_forwards, evaluate_intervention, find_interventions, gender_task, prompt_task,
 )
 from kcs_tl.interventions.reinforce import Bernoulli, MovingBaseline, surrogate
 from kcs_tl.masks import attach_masks, mean_activations
@@ -168,7 +168,14 @@ def test_count_forwards_counts_calls_and_rows(world):
     assert n.calls == 1 + 3 * len(sites)  # one cache, then one pass per point and site
 
 
-def test_bad_inputs_say_what_is_valid(world):
+def test_gender_task_can_hold_professions_out_of_the_search(builtin):
+    z = builtin[0]
+    task = gender_task(z, held_out=("nurse", "baker"))
+    assert not any(" nurse " in t or " baker " in t for t in task.train.text)
+    assert len(task.test) == 10 and all(" nurse " in t or " baker " in t for t in task.test.text)
+
+
+def test_bad_inputs_say_what_is_valid(world, builtin):
     model, task, *_ = world
     with pytest.raises(ValueError, match="InterventionConfig.method must be one of"):
         InterventionConfig(method="sgd")
@@ -186,6 +193,8 @@ def test_bad_inputs_say_what_is_valid(world):
         unit_baseline(model, task, "random")
     with pytest.raises(ValueError, match="methods holds unknown"):
         compare_methods(model, task, ["magic"], sizes=[2])
+    with pytest.raises(ValueError, match="held_out holds unknown name"):
+        gender_task(builtin[0], held_out=("astronaut",))
     with pytest.raises(TypeError, match="subnetwork must be a Subnetwork"):
         evaluate_intervention(model, task, None)
 

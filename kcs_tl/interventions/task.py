@@ -202,15 +202,23 @@ def agreement_task(zoo_model, n_train: int = 400, n_blocks: int = 64) -> Interve
                             test, lm, lm_test)
 
 
-def gender_task(zoo_model, n_blocks: int = 64) -> InterventionTask:
+def gender_task(zoo_model, n_blocks: int = 64, held_out: Sequence[str] = ()) -> InterventionTask:
     """Neutralise P(she) vs P(he) after the profession prompts of the built-in world.
 
     Searched on the distinct prefixes of the gender training sentences (cut
-    before the pronoun); tested on ``z.gender_test`` (16 professions x 5 prompts).
+    before the pronoun); tested on ``z.gender_test`` (16 professions x 5
+    prompts, the same prompts as the search's). ``held_out`` professions are
+    kept out of the search, and the test is then their prompts only: does the
+    intervention carry over to professions it never saw?
     """
     z, model = zoo_model, zoo_model.model
-    prefixes = sorted({cut[0] for s in z.gender_train if (cut := _cut_before(s, {"he", "she"}))})
-    test_prefixes = [it.prefix for it in z.gender_test]
+    professions = sorted({it.profession for it in z.gender_test})
+    held_out = validate.names("held_out", held_out, professions)
+    if len(held_out) == len(professions):
+        raise ValueError("held_out names every profession; leave some to search on")
+    prefixes = sorted({cut[0] for s in z.gender_train if (cut := _cut_before(s, {"he", "she"}))
+                       and cut[0].split()[1] not in held_out})
+    test_prefixes = [it.prefix for it in z.gender_test if not held_out or it.profession in held_out]
     lm, lm_test = _blocks(z, n_blocks)
     return InterventionTask("gender", "neutralise", encode_prompts(model, prefixes, ("she", "he"), "gender_train"),
                             encode_prompts(model, test_prefixes, ("she", "he"), "gender_test"), lm, lm_test)
