@@ -6,8 +6,9 @@ and ``kcs_tl.metrics.evaluate``.
 """
 
 from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, architecture
+from kcs_tl.analysis.compare import compare_methods
 from kcs_tl.analysis.report import report
-from kcs_tl.baselines import random_like
+from kcs_tl.baselines import random_like, unit_baseline, weight_baseline
 from kcs_tl.data import (
     KGBatch, KnowledgeGraph, KnownFacts, Triplet, encode, known_facts, lm_blocks, load_countries, load_prose,
 )
@@ -18,6 +19,10 @@ from kcs_tl.masks import (
 from kcs_tl.metrics import Criteria, Evaluation, evaluate
 from kcs_tl.search import Discovery, DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork, majority
+from kcs_tl.interventions import (
+    Intervention, InterventionConfig, InterventionTask, agreement_task, evaluate_intervention,
+    find_interventions, gender_task, prompt_task,
+)
 
 __version__ = "0.1.0"
 
@@ -27,4 +32,8 @@ __all__ = [
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "architecture", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "known_facts", "lm_blocks", "load_countries",
     "load_prose", "majority", "random_like", "report",
+    # sparse interventions (De Cao et al.) and attribution baselines
+    "Intervention", "InterventionConfig", "InterventionTask", "agreement_task", "compare_methods",
+    "evaluate_intervention", "find_interventions", "gender_task", "prompt_task", "unit_baseline",
+    "weight_baseline",
 ]

@@ -1,4 +1,4 @@
-"""The ``kcs-tl`` command: ``demo``, ``discover``, ``evaluate`` and ``report``.
+"""The ``kcs-tl`` command: ``demo``, ``discover``, ``evaluate``, ``report`` and ``interventions``.
 
 ``demo`` tells the whole story offline on the built-in model; ``discover`` and
 ``evaluate`` run the same steps on your own data and any TransformerLens model
@@ -257,7 +257,8 @@ KG_HELP = "a KnowledgeGraph .jsonl file, wordnet:ROOT, wordnet:control or zoo:RO
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kcs-tl", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,discover,evaluate,report}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{demo,discover,evaluate,report,interventions}")
 
     demo = sub.add_parser("demo", help="the whole story on the built-in model, offline, on CPU",
                           description="Pick an IsA subtree of the built-in world as TargetKG, discover its "
@@ -303,6 +304,10 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
     rep.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     rep.set_defaults(func=cmd_report)
+
+    from kcs_tl.interventions import command as interventions_command
+
+    interventions_command.add_parser(sub)
     return p
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import convergence  # noqa: E402
 import discovery  # noqa: E402
+import interventions  # noqa: E402
 import scaling  # noqa: E402
 import step_cost  # noqa: E402
 
@@ -110,3 +111,17 @@ def test_large_vocab_quick(capsys):
     assert [r["chosen"].split(":")[0] for r in rows] == ["full", "on_the_fly"]
     assert all(r["step_s"] > 0 and r["prepare_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
     assert "meets" in capsys.readouterr().out
+
+
+def test_interventions_quick(capsys):
+    results = interventions.main(["--quick"])
+    out = capsys.readouterr().out
+    for name in ("agreement", "gender"):
+        table = results[name]["table"]
+        assert set(table.method) == {"hard_concrete", "reinforce", "integrated_gradients", "grad_x_activation",
+                                     "activation", "random"}
+        for size, rows in table.groupby("size"):
+            assert (rows.n_units == rows[rows.method == "hard_concrete"].n_units.iloc[0]).all()
+        assert set(results[name]["pareto"].method) == {"hard_concrete", "reinforce"}
+    assert list(results["knowledge"]["table"].method) == ["discover", "weight_magnitude", "grad_x_weight", "random"]
+    assert out.count("meets") + out.count("MISSES") == 3 and "(c) knowledge suppression" in out
