@@ -25,7 +25,7 @@ import time
 import pandas as pd
 
 from kcs_tl import zoo
-from kcs_tl.analysis.compare import compare_methods
+from kcs_tl.analysis.methods import compare_methods
 from kcs_tl.interventions import InterventionConfig, agreement_task, find_interventions, gender_task
 from kcs_tl.search import DiscoveryConfig
 from kcs_tl.zoo.task import forgetting_task

@@ -6,7 +6,7 @@ and ``kcs_tl.metrics.evaluate``.
 """
 
 from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, architecture
-from kcs_tl.analysis.compare import compare_methods
+from kcs_tl.analysis.methods import compare_methods
 from kcs_tl.analysis.report import report
 from kcs_tl.baselines import random_like, unit_baseline, weight_baseline
 from kcs_tl.data import (
