@@ -7,7 +7,7 @@ numbers for the same seeds; the script says whether they do.
 
     python benchmarks/sweep.py                                 # all 18 TargetKGs x 3 seeds
     python benchmarks/sweep.py --roots 0,1,2 --seeds 0,1 --steps 100
-    python benchmarks/sweep.py --quick                         # 2 TargetKGs x 2 seeds, 4 steps
+    python benchmarks/sweep.py --quick                         # 2 small TargetKG tasks x 2 seeds, 4 steps
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kcs_tl import zoo
 from kcs_tl.sweeps import sweep
 from kcs_tl.sweeps.execution import ray_available
 from kcs_tl.sweeps.tables import STABILITY_COLUMNS, shown
@@ -31,6 +32,10 @@ def main(argv=None) -> dict:
     p.add_argument("--roots", default="all", help="'all' or indices into the built-in model's target_roots")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, help="override DiscoveryConfig.steps (default settings otherwise)")
+    p.add_argument("--relaxation", help="override DiscoveryConfig.relaxation")
+    p.add_argument("--eval-every", type=int, help="override DiscoveryConfig.eval_every")
+    p.add_argument("--n-control", type=int, help="ControlKG triplets per task (forgetting_task's default: 600)")
+    p.add_argument("--n-blocks", type=int, help="ControlLM blocks per task (forgetting_task's default: 200)")
     p.add_argument("--n-random", type=int, default=1, help="random subnetworks per evaluation (default 1)")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     p.add_argument("--modes", default="ray,sequential", help="which of ray,sequential to run, in this order")
@@ -38,10 +43,14 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="2 TargetKGs x 2 seeds, 4 steps: checks the printed fields")
     args = p.parse_args(argv)
     if args.quick:
-        args.roots, args.seeds, args.steps, args.n_random = "0,1", "0,1", 4, 0
-    tasks = "all" if args.roots == "all" else [int(r) for r in args.roots.split(",")]
+        args.roots, args.seeds, args.steps, args.n_random, args.n_control, args.n_blocks = "0,1", "0,1", 4, 0, 60, 12
+    roots = (range(len(zoo.load("tiny-world").target_roots)) if args.roots == "all"
+             else [int(r) for r in args.roots.split(",")])
+    sizes = {k: v for k, v in {"n_control": args.n_control, "n_blocks": args.n_blocks}.items() if v}
+    tasks = [{"root": r, **sizes} for r in roots]
     seeds = [int(s) for s in args.seeds.split(",")]
     config = {"steps": args.steps, "eval_every": min(50, args.steps)} if args.steps else {}
+    config |= {k: v for k, v in {"relaxation": args.relaxation, "eval_every": args.eval_every}.items() if v}
     modes = args.modes.split(",")
     if "ray" in modes and not ray_available():
         print("Ray is not installed (pip install 'kcs-tl[ray]'): measuring the sequential run only")
@@ -83,7 +92,7 @@ def main(argv=None) -> dict:
 
 def _max_difference(a: pd.DataFrame, b: pd.DataFrame) -> float:
     """The largest absolute difference of the compared numbers between two modes' runs (by run id)."""
-    joined = a.set_index("run_id")[COMPARED].join(b.set_index("run_id")[COMPARED], rsuffix="_b")
+    joined = a[["run_id"] + COMPARED].merge(b[["run_id"] + COMPARED], on="run_id", suffixes=("", "_b"))
     return float(max((joined[c] - joined[c + "_b"]).abs().max() for c in COMPARED))
 
 

@@ -15,6 +15,8 @@ from kcs_tl.masks import (
 from kcs_tl.metrics import Criteria, Evaluation, evaluate
 from kcs_tl.search import Discovery, DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork, majority
+from kcs_tl.analysis.stability import SeedStability, seed_stability
+from kcs_tl.sweeps import SweepResult, sweep
 
 __version__ = "0.1.0"
 
@@ -24,3 +26,4 @@ __all__ = [
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like",
 ]
+__all__ += ["SeedStability", "SweepResult", "seed_stability", "sweep"]

@@ -88,7 +88,6 @@ def sweep(model_spec: str, tasks, configs=None, seeds=(0,), out_dir: str | os.Pa
     """
     start = time.perf_counter()
     runs = expand(model_spec, tasks, configs, seeds, n_random)
-    out = writable_folder(validate.path("out_dir", out_dir)).resolve()
     num_cpus = validate.optional(validate.integer, "num_cpus", num_cpus, 1)
     cpus_per_run = validate.number("cpus_per_run", cpus_per_run, 0)
     gpus_per_run = validate.optional(validate.number, "gpus_per_run", gpus_per_run, 0)
@@ -98,6 +97,7 @@ def sweep(model_spec: str, tasks, configs=None, seeds=(0,), out_dir: str | os.Pa
     if num_cpus is not None and ray_address is not None:
         raise ValueError("num_cpus applies to a Ray started locally; with ray_address the cluster has its own")
     name = execution.choose(executor, ray_address)
+    out = writable_folder(validate.path("out_dir", out_dir)).resolve()
 
     records = {r.run_id: read_record(out / r.run_id) for r in runs}
     todo = [r for r in runs if (records[r.run_id] or {}).get("status") != FINISHED]

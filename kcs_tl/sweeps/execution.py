@@ -16,6 +16,9 @@ from typing import Callable, Sequence
 from kcs_tl import validate
 
 EXECUTORS = ("auto", "ray", "sequential")
+MAX_RETRIES = 1
+"""Ray runs a task again once when its worker dies (e.g. Ray's memory monitor killed it on a busy
+node); a second death records the run as failed, and the next sweep runs it again."""
 _warned = False
 
 
@@ -75,7 +78,7 @@ class RayPool:
     def map(self, fn: Callable, calls: Sequence[tuple], resources: dict, on_done: Callable[[int, object], None],
             on_error: Callable[[int, BaseException], None]) -> None:
         """Run ``fn(*call)`` for every call as a Ray task; report each as it ends (in any order)."""
-        remote = self.ray.remote(**resources)(fn)
+        remote = self.ray.remote(**resources, max_retries=MAX_RETRIES)(fn)
         pending = {remote.remote(*call): i for i, call in enumerate(calls)}
         try:
             while pending:

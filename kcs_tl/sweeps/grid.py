@@ -29,7 +29,7 @@ class Run:
     """One discover + evaluate of the grid; plain data, so it travels to workers as JSON."""
 
     model: str
-    task: dict  # {"zoo_root": ROOT} or {"target": KG, "control": KG, "lm": FILE}
+    task: dict  # {"zoo_root": ROOT[, "n_control", "n_blocks"]} or {"target": KG, "control": KG, "lm": FILE}
     task_name: str
     settings: str  # the label of the config variant
     seed: int
@@ -90,21 +90,38 @@ def _zoo_roots(model: str) -> list[str] | None:
     return zoo.load(model).target_roots if model in zoo.available() else None
 
 
+ZOO_TASK_OPTIONS = ("n_control", "n_blocks")
+"""Options of a built-in task (``kcs_tl.zoo.task.forgetting_task``): ControlKG triplets, ControlLM blocks."""
+
+
+def _zoo_task(where: str, spec, roots: list[str] | None) -> tuple[dict, str]:
+    """A built-in TargetKG: a root name or index, or ``{"root": ..., "n_control": ..., "n_blocks": ...}``."""
+    options = {}
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - {"root", *ZOO_TASK_OPTIONS})
+        if unknown:
+            raise ValueError(f"{where} has unknown key(s) {unknown}; a built-in task takes root and optionally "
+                             f"{list(ZOO_TASK_OPTIONS)}")
+        options = {k: validate.integer(f"{where}.{k}", spec[k], 2) for k in ZOO_TASK_OPTIONS if k in spec}
+        spec = spec["root"]
+    if roots is None:
+        raise ValueError(f"{where} = {spec!r} names a built-in TargetKG, but the model is not a built-in "
+                         "one; give {'target': ..., 'control': ..., 'lm': ...} instead")
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 0 <= spec < len(roots):
+            raise ValueError(f"{where} = {spec}: the built-in model has TargetKGs 0..{len(roots) - 1}")
+        spec = roots[spec]
+    root = spec.removeprefix("zoo:") if isinstance(spec, str) else spec
+    if root not in roots:
+        raise ValueError(f"{where} = {spec!r} is not a TargetKG of the built-in model; valid: {roots}")
+    return {"zoo_root": root, **options}, root
+
+
 def _task(i: int, spec, roots: list[str] | None) -> tuple[dict, str]:
     """One task spec, normalised, and its name."""
     where = f"tasks[{i}]"
-    if isinstance(spec, (str, int)) and not isinstance(spec, bool):
-        if roots is None:
-            raise ValueError(f"{where} = {spec!r} names a built-in TargetKG, but the model is not a built-in "
-                             "one; give {'target': ..., 'control': ..., 'lm': ...} instead")
-        if isinstance(spec, int):
-            if not 0 <= spec < len(roots):
-                raise ValueError(f"{where} = {spec}: the built-in model has TargetKGs 0..{len(roots) - 1}")
-            spec = roots[spec]
-        root = spec.removeprefix("zoo:")
-        if root not in roots:
-            raise ValueError(f"{where} = {spec!r} is not a TargetKG of the built-in model; valid: {roots}")
-        return {"zoo_root": root}, root
+    if isinstance(spec, (str, int)) or (isinstance(spec, Mapping) and "root" in spec):
+        return _zoo_task(where, spec, roots)
     if isinstance(spec, Mapping):
         keys = {"target", "control", "lm", "name"}
         unknown, missing = sorted(set(spec) - keys), sorted({"target", "control", "lm"} - set(spec))
@@ -130,8 +147,7 @@ def _configs(configs) -> list[tuple[str, DiscoveryConfig]]:
     """(label, config) per settings variant; a bare list gets labels from its differences to the defaults."""
     if configs is None:
         return [("default", DiscoveryConfig())]
-    fields = {f.name for f in dataclasses.fields(DiscoveryConfig)}
-    if isinstance(configs, DiscoveryConfig) or (isinstance(configs, Mapping) and set(configs) & fields):
+    if isinstance(configs, DiscoveryConfig) or (isinstance(configs, Mapping) and _one_config(configs)):
         configs = [configs]  # one variant
     if isinstance(configs, Mapping):
         named = list(configs.items())
@@ -158,6 +174,22 @@ def _configs(configs) -> list[tuple[str, DiscoveryConfig]]:
     return out
 
 
+_DICT_FIELDS = {"criteria", "relaxation_options"}  # DiscoveryConfig fields whose values are dicts
+
+
+def _one_config(configs: Mapping) -> bool:
+    """Whether a dict is one variant's fields rather than name -> variant.
+
+    Fields only, and either a plain value among them (``{"steps": 20}``) or only the
+    fields that hold dicts (``{"criteria": {...}}``); ``{"weights": {}, "rows": {...}}`` is named.
+    """
+    fields = {f.name for f in dataclasses.fields(DiscoveryConfig)}
+    if not configs or not set(configs) <= fields:
+        return False
+    plain = any(not isinstance(v, (Mapping, DiscoveryConfig)) for v in configs.values())
+    return plain or set(configs) <= _DICT_FIELDS
+
+
 def _label(cfg: DiscoveryConfig) -> str:
     """The settings that differ from the defaults, as ``key=value,...`` (``default`` when none)."""
     base, mine = DiscoveryConfig().to_json(), cfg.to_json()
@@ -171,7 +203,7 @@ def _seeds(seeds) -> list[int]:
         seeds = [seeds]
     if not validate._collection(seeds):
         raise TypeError(f"seeds must be a list of ints >= 0, got {validate.given(seeds)}")
-    seeds = [validate.integer(f"seeds[{i}]", s, 0, 2**63 - 1) for i, s in enumerate(seeds)]
+    seeds = [validate.integer(f"seeds[{i}]", s, 0) for i, s in enumerate(seeds)]
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed")
     if len(set(seeds)) != len(seeds):
@@ -183,7 +215,8 @@ def expand(model, tasks, configs=None, seeds=(0,), n_random: int = 3) -> list[Ru
     """Every run of the grid, tasks outermost, then settings, then seeds.
 
     ``tasks``: for a built-in model its TargetKG names or indices (``"all"`` for
-    every one); for any model, dicts ``{"target": KG, "control": KG, "lm": FILE}``
+    every one), or ``{"root": ..., "n_control": ..., "n_blocks": ...}`` for a smaller
+    ControlKG / ControlLM than ``forgetting_task``'s defaults; for any model, dicts ``{"target": KG, "control": KG, "lm": FILE}``
     with KGs as ``kcs-tl discover`` reads them (a .jsonl file, ``wordnet:ROOT``,
     ``wordnet:control``). ``configs``: ``None`` (the defaults), a list of
     ``DiscoveryConfig``s or dicts of its fields, or a dict of name -> those.

@@ -68,7 +68,8 @@ def build_task(run: Run, model, zoo_model):
     if "zoo_root" in run.task:
         from kcs_tl.zoo.task import forgetting_task
 
-        task = forgetting_task(zoo_model, run.task["zoo_root"])
+        options = {k: v for k, v in run.task.items() if k != "zoo_root"}
+        task = forgetting_task(zoo_model, run.task["zoo_root"], **options)
         return task.target, task.control, task.lm
     from kcs_tl.cli import load_kg
     from kcs_tl.data import lm_blocks
