@@ -136,7 +136,8 @@ def _run_grid(pool, todo: list[Run], out: Path, threads: int, cpus_per_run, gpus
         bar.set_postfix(finished=counts["finished"], failed=counts["failed"], skipped=counts["skipped"])
 
     def died(i: int, err: BaseException) -> None:
-        done(i, record_failure(todo[i], out, f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}"))
+        last = (str(err).strip().splitlines() or [""])[-1]
+        done(i, record_failure(todo[i], out, f"the worker died ({type(err).__name__}: {last[:300]})"))
 
     try:
         pool.map(run_one, [(r.to_json(), str(out), threads) for r in todo], resources, done, died)

@@ -61,7 +61,12 @@ class RayPool:
         self.started = not ray.is_initialized()
         if self.started:
             options = {"address": address} if address is not None else {"num_cpus": num_cpus}
-            ray.init(**options, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            try:
+                ray.init(**options, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                where = f"the Ray cluster at ray_address={address!r}" if address else "a local Ray"
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                raise ConnectionError(f"cannot start or join {where}: {reason}") from None
         elif num_cpus is not None:
             warnings.warn("Ray is already running in this process; num_cpus is ignored", RuntimeWarning)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from kcs_tl.analysis.stability import headline, seed_stability
-from kcs_tl.files import MARKER, read_json, result_folder
+from kcs_tl.files import MARKER, read_json, recover, result_folder
 from kcs_tl.metrics import evaluate
 from kcs_tl.search import discover
 from kcs_tl.subnetwork import Subnetwork
@@ -80,7 +80,11 @@ def build_task(run: Run, model, zoo_model):
 
 
 def read_record(folder: Path) -> dict | None:
-    """A run folder's ``run.json``, or None when the folder is not a complete run."""
+    """A run folder's ``run.json``, or None when the folder is not a complete run.
+
+    A result that a crash left under a hidden name is put back first (``kcs_tl.files.recover``).
+    """
+    recover(folder)
     if not (folder / MARKER).is_file() or not (folder / RUN_FILE).is_file():
         return None
     try:
