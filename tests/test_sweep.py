@@ -105,6 +105,8 @@ def test_grid_expands_with_stable_ids():
     (lambda: expand("tiny-world", [0], {"fast": {"steps": 0}}), ValueError, r"configs\['fast'\]: .*steps must be"),
     (lambda: expand("tiny-world", [0], [{"steps": 5}, {"steps": 5}]), ValueError, r"defines run .* twice"),
     (lambda: expand("tiny-world", [0], 3), TypeError, r"configs must be a list"),
+    (lambda: expand("tiny-world", [0], [{"checkpoint_every": 5, "checkpoint_dir": "c"}]), ValueError,
+     r"configs\[0\]: checkpoint_every would make every run"),
     (lambda: expand("tiny-world", [0], n_random=-1), ValueError, r"n_random must be an int >= 0"),
     (lambda: sweep("tiny-world", [0], executor="dask"), ValueError, r"executor must be one of \('auto', 'ray', "),
     (lambda: sweep("tiny-world", [0], executor="sequential", ray_address="auto"), ValueError,

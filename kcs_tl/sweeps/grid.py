@@ -168,6 +168,9 @@ def _configs(configs) -> list[tuple[str, DiscoveryConfig]]:
                 raise type(err)(f"{where}: {err}") from None
         else:
             raise TypeError(f"{where} must be a DiscoveryConfig or a dict of its fields, got {validate.given(c)}")
+        if cfg.checkpoint_every:
+            raise ValueError(f"{where}: checkpoint_every would make every run of the grid write one "
+                             "checkpoint_dir; a sweep restarts unfinished runs from the start, so leave it at 0")
         out.append((str(name) if name is not None else _label(cfg), cfg))
     if not out:
         raise ValueError("configs is empty; give at least one settings variant (or None for the defaults)")
