@@ -23,6 +23,8 @@ from kcs_tl.interventions import (
     Intervention, InterventionConfig, InterventionTask, agreement_task, evaluate_intervention,
     find_interventions, gender_task, prompt_task,
 )
+from kcs_tl.analysis.stability import SeedStability, seed_stability
+from kcs_tl.sweeps import SweepResult, sweep
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,6 @@ __all__ = [
     "Intervention", "InterventionConfig", "InterventionTask", "agreement_task", "compare_methods",
     "evaluate_intervention", "find_interventions", "gender_task", "prompt_task", "unit_baseline",
     "weight_baseline",
+    # grids of runs (Ray or in-process) and seed stability
+    "SeedStability", "SweepResult", "seed_stability", "sweep",
 ]

@@ -1,4 +1,4 @@
-"""The ``kcs-tl`` command: ``demo``, ``discover``, ``evaluate``, ``report`` and ``interventions``.
+"""The ``kcs-tl`` command: ``demo``, ``discover``, ``evaluate``, ``report``, ``interventions`` and ``sweep``.
 
 ``demo`` tells the whole story offline on the built-in model; ``discover`` and
 ``evaluate`` run the same steps on your own data and any TransformerLens model
@@ -258,7 +258,7 @@ KG_HELP = "a KnowledgeGraph .jsonl file, wordnet:ROOT, wordnet:control or zoo:RO
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kcs-tl", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{demo,discover,evaluate,report,interventions}")
+                           metavar="{demo,discover,evaluate,report,interventions,sweep}")
 
     demo = sub.add_parser("demo", help="the whole story on the built-in model, offline, on CPU",
                           description="Pick an IsA subtree of the built-in world as TargetKG, discover its "
@@ -308,7 +308,34 @@ def parser() -> argparse.ArgumentParser:
     from kcs_tl.interventions import command as interventions_command
 
     interventions_command.add_parser(sub)
+
+    _sweep_parser(sub)
     return p
+
+
+def cmd_sweep(args) -> None:
+    from kcs_tl.sweeps import sweep
+    from kcs_tl.sweeps.spec import read_spec
+
+    spec = read_spec(args.spec)
+    overrides = {"out_dir": args.out, "ray_address": args.address, "num_cpus": args.num_cpus}
+    spec |= {k: v for k, v in overrides.items() if v is not None}
+    result = sweep(**spec, executor="sequential" if args.sequential else "auto")
+    print(result)
+    print(f"wrote {', '.join(str(f) for f in result.files)} and one folder per run in {result.out_dir}")
+
+
+def _sweep_parser(sub) -> None:
+    sw = sub.add_parser("sweep", help="a grid of discoveries (TargetKGs x settings x seeds), on Ray",
+                        description="Run every discover + evaluate of the grid a spec file describes, skipping "
+                        "runs already finished in the output folder; print the per-run table and the seed "
+                        "stability table (Jaccard between seeds vs chance, intersection and majority evaluated).")
+    sw.add_argument("spec", help="a .toml or .json file (see kcs_tl.sweeps.spec)")
+    sw.add_argument("--out", help="output folder (default: the spec's out_dir, else kcs_out/sweep/<spec name>)")
+    sw.add_argument("--address", help="an existing Ray cluster (default: Ray started locally)")
+    sw.add_argument("--num-cpus", type=int, help="CPUs of a locally started Ray (default: all)")
+    sw.add_argument("--sequential", action="store_true", help="run in this process, one run after the other")
+    sw.set_defaults(func=cmd_sweep)
 
 
 USER_ERRORS = (ValueError, TypeError, OSError)
