@@ -6,7 +6,8 @@ the loss terms of ``objectives``, and update the mask scores (the model's
 weights stay frozen). The original model's outputs never change, so they are
 computed once before the search.
 
-Every ``eval_every`` steps the deterministic mask is scored on validation
+Every ``eval_every`` steps the binary mask that would be returned
+(``MaskedModel.binary()``, whatever the relaxation) is scored on validation
 data (TargetKG on training templates, held-out ControlKG triplets, held-out LM
 blocks). The result is the evaluated checkpoint that meets the criteria with
 the highest sparsity; if none does, the one with the smallest summed
@@ -493,16 +494,13 @@ def _teacher(masked: MaskedModel, resid: Float[Tensor, "batch pos d_model"], sta
 
 @torch.no_grad()
 def _validate(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig) -> dict[str, float]:
-    """Score the deterministic mask on validation data; lower ``shortfall`` is better."""
-    masked.eval()
-    try:
+    """Score the binary mask ``to_subnetwork()`` would return on validation data; lower ``shortfall`` is better."""
+    with masked.binary():
         model = masked.model
         sparsity = masked.to_subnetwork().sparsity()
         target_top1 = kg_metrics(score_kg(model, data.target))["top1"]
         control_top1 = kg_metrics(score_kg(model, data.control_val))["top1"]
         lm_ppl = lm_metrics(score_lm(model, data.lm_val))["ppl"]
-    finally:
-        masked.train()
     ratio = control_top1 / data.base_control_top1 if data.base_control_top1 > 0 else 1.0
     rise = lm_ppl / data.base_lm_ppl - 1
     gaps = cfg.criteria.shortfalls(target_top1, ratio, rise, sparsity)
@@ -715,7 +713,7 @@ class Search:
         return terms
 
     def validate(self) -> dict:
-        """Score the deterministic masks; keep them if they are the best so far.
+        """Score the binary masks that would be returned; keep them if they are the best so far.
 
         Masks holding non-finite values are not scored: ``fault`` says which, and the
         best checkpoint stays what it was.

@@ -71,10 +71,10 @@ class Subnetwork:
 
     @classmethod
     def from_masked(cls, masked, settings: dict | None = None) -> "Subnetwork":
-        """Binarise a ``MaskedModel``'s current scores."""
+        """Binarise a ``MaskedModel``'s current scores (``masked.binary_masks()``)."""
         relax = masked.relaxation
         return cls(
-            masks={a: relax.binarize(masked.score(a)).cpu() for a in masked.sites},
+            masks={a: m.cpu() for a, m in masked.binary_masks().items()},
             sites=dict(masked.sites),
             fingerprint=fingerprint(masked.model),
             replacements={a: masked.replacement(a).detach().float().cpu()

@@ -4,8 +4,12 @@ A mask value m = 1 puts a unit in the subnetwork. In ``mode="remove"`` the model
 computes with 1 - m (the subnetwork is removed: the knowledge-critical search);
 in ``mode="keep"`` it computes with m (only the subnetwork remains).
 
-Masks are drawn once per model forward by default. A search draws them once per
-step and reuses them for every loss term with ``with masked.step():``.
+In training mode masks are relaxation draws, drawn once per model forward by
+default; a search draws them once per step and reuses them for every loss term
+with ``with masked.step():``. In eval mode (or inside ``with masked.binary():``)
+the model computes with exactly the binary masks ``to_subnetwork()`` returns
+(``binary_masks()``, the relaxation's ``binarize``), so whatever is scored in
+eval mode is the result itself, for every relaxation.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from contextlib import contextmanager
 from typing import Iterable, Sequence
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
 from kcs_tl import validate
@@ -192,10 +196,24 @@ class MaskedModel(nn.Module):
     def score(self, address: str) -> nn.Parameter:
         return self.scores[_key(address)]
 
+    def binary_masks(self) -> dict[str, Bool[Tensor, "..."]]:
+        """The subnetwork the current scores stand for: the relaxation's ``binarize`` per site.
+
+        The one rule behind both ``to_subnetwork()`` and eval-mode masks.
+        """
+        return {a: self.relaxation.binarize(self.score(a)) for a in self.sites}
+
     def masks(self) -> dict[str, Tensor]:
-        """Subnetwork membership m per site, drawn once and reused until the next forward."""
+        """Subnetwork membership m per site, reused until the next forward.
+
+        Training mode: a draw of the relaxation. Eval mode: ``binary_masks()`` as 0/1
+        floats (no gradient), never the relaxation's continuous deterministic gate.
+        """
         if self._masks is None:
-            self._masks = {a: self.relaxation(self.score(a), self.training) for a in self.sites}
+            if self.training:
+                self._masks = {a: self.relaxation.sample(self.score(a)) for a in self.sites}
+            else:
+                self._masks = {a: m.to(self.score(a).dtype) for a, m in self.binary_masks().items()}
         return self._masks
 
     def gate(self, address: str) -> Tensor:
@@ -220,6 +238,24 @@ class MaskedModel(nn.Module):
             yield self.masks()
         finally:
             self._masks, self._holding = None, False
+
+    def train(self, mode: bool = True):
+        """Training draws (``True``) or the binary result masks (``False``); masks held from the other mode are dropped."""
+        self._masks = None
+        return super().train(mode)
+
+    @contextmanager
+    def binary(self):
+        """Compute with exactly the binary subnetwork ``to_subnetwork()`` would return inside (eval mode).
+
+        Use it to score "the result" (validation, evaluation); the training flag comes back after.
+        """
+        previous = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(previous)
 
     @contextmanager
     def disabled(self):
@@ -254,7 +290,7 @@ class MaskedModel(nn.Module):
     # -- results and lifetime ----------------------------------------------
 
     def to_subnetwork(self, **settings):
-        """The binary subnetwork of the current scores (deterministic, above 0.5)."""
+        """The binary subnetwork of the current scores (``binary_masks()``: what eval mode computes with)."""
         from kcs_tl.subnetwork import Subnetwork
 
         return Subnetwork.from_masked(self, settings)

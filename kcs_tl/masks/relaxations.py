@@ -2,8 +2,11 @@
 
 Pure torch, no TransformerLens. A mask value of 1 means "this unit belongs to
 the subnetwork". Each relaxation gives a stochastic mask for training, a
-deterministic one for evaluation, the expected density that the sparsity term
-penalises, and the score that starts a mask at a chosen probability.
+deterministic gate, its ``binarize`` (the final membership: the gate above 0.5),
+the expected density that the sparsity term penalises, and the score that starts
+a mask at a chosen probability. A ``MaskedModel`` in eval mode computes with
+``binarize``, not the deterministic gate, which for Hard Concrete and the plain
+sigmoid is continuous and so describes a different model from the result.
 """
 
 from __future__ import annotations
