@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import (
+from kcs_tl.adapters import (
     GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, check_model, head, residual_before, resolve_layers, run_from,
 )
 from kcs_tl.data.batch import KGBatch

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities import apply_softcap
+
+try:
+    from transformer_lens import HookedTransformer
+except ImportError:  # TransformerLens 4.x removed it; adapters.bridge serves those users
+    HookedTransformer = None
 
 from kcs_tl import validate
 
@@ -70,9 +74,13 @@ class Site:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+def is_model(model) -> bool:
+    return HookedTransformer is not None and isinstance(model, HookedTransformer)
+
+
 def check_model(model) -> HookedTransformer:
     """Refuse anything that is not a HookedTransformer, naming what is supported."""
-    if not isinstance(model, HookedTransformer):
+    if not is_model(model):
         raise TypeError(
             f"kcs_tl needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
             "Supported: HookedTransformer (TransformerLens 3.x)."
@@ -148,9 +156,30 @@ def activation_shape(model: HookedTransformer, site: Site) -> tuple[int, ...]:
 _READOUT = {"hook_z": ("W_O", "b_O"), "hook_post": ("W_out", "b_out")}
 
 
-def readout(model: HookedTransformer, site: Site) -> tuple[nn.Module, str, str]:
-    """Where a hook site's units are read into the residual stream: (module, weight name, bias name)."""
-    return (getattr(model.blocks[site.layer], site.module), *_READOUT[site.name])
+def readout(model: HookedTransformer, site: Site) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight reading a hook site's units into the residual stream, and its bias (edited in place)."""
+    module = getattr(model.blocks[site.layer], site.module)
+    return tuple(getattr(module, n) for n in _READOUT[site.name])
+
+
+def weight_target(model: HookedTransformer, site: Site) -> tuple[nn.Module, str]:
+    """The module and attribute a weight mask parametrizes (the canonical Parameter itself)."""
+    return owner(model, site), site.name
+
+
+def weight_view(model: HookedTransformer, site: Site) -> torch.Tensor:
+    """The weight in canonical layout (in-place edits change the model)."""
+    return getattr(owner(model, site), site.name)
+
+
+def to_stored(model: HookedTransformer, site: Site, canonical: torch.Tensor) -> torch.Tensor:
+    """A canonical-layout mask as the stored weight needs it: HookedTransformer stores canonically."""
+    return canonical
+
+
+def hook_point(model: HookedTransformer, site: Site) -> nn.Module:
+    """The HookPoint module of a hook site."""
+    return owner(model, site)
 
 
 def hook_broadcast(site: Site, gate: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import (
+from kcs_tl.adapters import (
     HOOK_NAMES, WEIGHT_NAMES, Site, activation_shape, check_model, hook_site, resolve_layers, weight_site,
 )
 from kcs_tl.masks.attach import Attachment

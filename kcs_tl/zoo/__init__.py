@@ -2,6 +2,7 @@
 
 >>> from kcs_tl import zoo
 >>> z = zoo.load("tiny-world")            # HookedTransformer + KnowledgeGraph + text
+>>> zb = zoo.load("tiny-world", model_class="bridge")   # the same weights as a TransformerBridge
 >>> z.model.to_str_tokens("A velmora is a type of")
 >>> target = z.target_kg(z.target_roots[0])   # an IsA subtree, 11-40 triplets
 
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ZooModel", "load", "available", "MODELS"]
+__all__ = ["ZooModel", "load", "available", "MODELS", "MODEL_CLASSES"]
 
 _HERE = Path(__file__).resolve().parent
 MODELS: dict[str, Path] = {"tiny-world": _HERE / "tiny_world"}
+MODEL_CLASSES = ("hooked", "bridge")  # HookedTransformer (TransformerLens 3.x) | TransformerBridge (3.9 and 4.x)
 
 
 def available() -> list[str]:
@@ -41,7 +43,7 @@ class ZooModel:
     """
 
     name: str
-    model: Any  # transformer_lens.HookedTransformer
+    model: Any  # transformer_lens HookedTransformer or TransformerBridge (``load(model_class=...)``)
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     kg: Any  # kcs_tl.data.kg.KnowledgeGraph
     lm_text: dict[str, list[str]]
@@ -64,12 +66,38 @@ class ZooModel:
         return subtree(self.kg, root, "IsA")
 
 
+def _hooked(cfg: dict, state: dict, tokenizer, device: str):
+    """The shipped weights as a HookedTransformer (TransformerLens 3.x only)."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        raise ImportError("this TransformerLens has no HookedTransformer (4.x removed it); load the built-in "
+                          "model with zoo.load(name, model_class='bridge')") from None
+    model = HookedTransformer(HookedTransformerConfig(**cfg, device=device), tokenizer=tokenizer,
+                              move_to_device=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params & set(missing):
+        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
+                           f"unexpected {unexpected}")
+    return model
+
+
 def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None) -> ZooModel:
-    """Load a built-in model offline (``path`` overrides the shipped directory)."""
+def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None,
+         model_class: str = "hooked") -> ZooModel:
+    """Load a built-in model offline (``path`` overrides the shipped directory).
+
+    ``model_class="hooked"`` gives a ``HookedTransformer`` (TransformerLens 3.x);
+    ``"bridge"`` gives a ``TransformerBridge`` around an equivalent Hugging Face
+    GPT-2 holding the same weights (TransformerLens 3.9 and 4.x; same outputs).
+    """
+    from kcs_tl import validate
+
+    model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if path is None:
         if name not in MODELS:
             raise ValueError(f"unknown zoo model {name!r}; valid names: {available()}")
@@ -81,7 +109,6 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
                                 f"`python -m kcs_tl.zoo.build --out {root}`")
 
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from kcs_tl.data.kg import KnowledgeGraph
     from kcs_tl.zoo.tokenizer import load_tokenizer
@@ -89,14 +116,13 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
 
     tokenizer = load_tokenizer(root / "tokenizer.json")
     cfg_dict = json.loads((root / "config.json").read_text())
-    cfg = HookedTransformerConfig(**cfg_dict["model"], device=device)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     state = load_file(str(root / "model.safetensors"), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
-                           f"unexpected {unexpected}")
+    if model_class == "bridge":
+        from kcs_tl.zoo.bridge import as_bridge
+
+        model = as_bridge(cfg_dict["model"], state, tokenizer)
+    else:
+        model = _hooked(cfg_dict["model"], state, tokenizer, device)
     if str(device) != "cpu":
         model.to(device)
     model.eval()
