@@ -48,7 +48,7 @@ hook_site = _dispatch("hook_site")
 activation_shape = _dispatch("activation_shape")
 weight_target = _dispatch("weight_target")
 weight_view = _dispatch("weight_view")
-to_stored = _dispatch("to_stored")
+stored_layout = _dispatch("stored_layout")
 hook_point = _dispatch("hook_point")
 readout = _dispatch("readout")
 fingerprint = _dispatch("fingerprint")
@@ -63,5 +63,5 @@ def fingerprint_mismatch(expected: dict, model) -> list[str]:
 
 __all__ = ["GRANULARITIES", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Site", "activation_shape", "adapter",
            "check_model", "fingerprint", "fingerprint_mismatch", "head", "hook_broadcast", "hook_point",
-           "hook_site", "readout", "residual_before", "resolve_layers", "run_from", "to_stored",
+           "hook_site", "readout", "residual_before", "resolve_layers", "run_from", "stored_layout",
            "weight_site", "weight_target", "weight_view"]

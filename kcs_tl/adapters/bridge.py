@@ -17,8 +17,11 @@ applies to the same weights loaded through the other.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities import apply_softcap
 
@@ -57,7 +60,10 @@ def _component(block: nn.Module, name: str) -> nn.Module | None:
     for part in _COMPONENT[name].split("."):
         obj = getattr(obj, part, None) if obj is not None else None
     original = getattr(obj, "original_component", None)
-    return original if isinstance(getattr(original, "weight", None), nn.Parameter) else None
+    if original is None:
+        return None
+    # Look without reading .weight: while masked, reading it runs the parametrization.
+    return original if "weight" in original._parameters or parametrize.is_parametrized(original, "weight") else None
 
 
 resolve_layers = hooked.resolve_layers
@@ -105,12 +111,18 @@ def weight_view(model: TransformerBridge, site: Site) -> Tensor:
     return flat.view(full[1], full[0], full[2]).permute(1, 0, 2)  # [heads, d_model, d_head]
 
 
-def to_stored(model: TransformerBridge, site: Site, canonical: Tensor) -> Tensor:
-    """A tensor of the site's canonical shape (broadcast to it) rearranged as the stored weight."""
-    c = canonical.expand(site.full_shape)
-    if c.dim() == 3:
-        c = c.reshape(-1, c.shape[-1]) if site.name.lstrip("_") == "W_O" else c.permute(1, 0, 2).flatten(1)
-    return c.t() if _orientation(_stored(model, site)) == "out_in" else c
+def stored_layout(model: TransformerBridge, site: Site) -> Callable[[Tensor], Tensor]:
+    """How a tensor of the site's canonical shape (or broadcasting to it) is rearranged as the stored weight."""
+    transpose = _orientation(_stored(model, site)) == "out_in"
+    heads_out = site.name.lstrip("_") == "W_O"
+
+    def to_stored(canonical: Tensor) -> Tensor:
+        c = canonical.expand(site.full_shape)
+        if c.dim() == 3:
+            c = c.reshape(-1, c.shape[-1]) if heads_out else c.permute(1, 0, 2).flatten(1)
+        return c.t() if transpose else c
+
+    return to_stored
 
 
 # -- hook points ------------------------------------------------------------------

@@ -172,9 +172,9 @@ def weight_view(model: HookedTransformer, site: Site) -> torch.Tensor:
     return getattr(owner(model, site), site.name)
 
 
-def to_stored(model: HookedTransformer, site: Site, canonical: torch.Tensor) -> torch.Tensor:
-    """A canonical-layout mask as the stored weight needs it: HookedTransformer stores canonically."""
-    return canonical
+def stored_layout(model: HookedTransformer, site: Site):
+    """How a canonical-layout mask is rearranged for the stored weight: HookedTransformer stores canonically."""
+    return lambda canonical: canonical
 
 
 def hook_point(model: HookedTransformer, site: Site) -> nn.Module:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kcs_tl.adapters import Site, activation_shape, hook_broadcast, hook_point, to_stored, weight_target
+from kcs_tl.adapters import Site, activation_shape, hook_broadcast, hook_point, stored_layout, weight_target
 
 GateFn = Callable[[str], Tensor]
 ReplacementFn = Callable[[str], "Tensor | None"]
@@ -73,7 +73,7 @@ class Attachment:
         if masked:
             raise RuntimeError(f"{site.address} already carries a mask; detach the other one first")
         if site.kind == "weight":
-            layout = lambda gate, site=site: to_stored(self.model, site, gate)  # noqa: E731
+            layout = stored_layout(self.model, site)
             parametrize.register_parametrization(target, name, _WeightGate(site.address, self._gate, layout))
             self._weights.append((target, name))
         else:
