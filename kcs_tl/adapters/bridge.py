@@ -17,6 +17,7 @@ applies to the same weights loaded through the other.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -87,10 +88,24 @@ def _orientation(module: nn.Module) -> str:
                      "expected nn.Linear or transformers' Conv1D")
 
 
+def _heads_out(site: Site) -> bool:
+    """``W_O`` ([n_heads, d_head, d_model]) has its heads on the input side; W_Q/K/V on the output side."""
+    return site.name.lstrip("_") == "W_O"
+
+
 def _stored(model: TransformerBridge, site: Site) -> nn.Module:
+    """The module whose ``weight`` computes the site's matrix, checked to hold as many weights as the site."""
     module = _component(model.blocks[site.layer], site.name.lstrip("_"))
     if module is None:
         raise ValueError(f"{site.address}: this TransformerBridge has no module computing {site.name}")
+    weight = (module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight")
+              else module.weight)
+    full = site.full_shape
+    n_in = full[1] if len(full) == 3 and not _heads_out(site) else math.prod(full[:-1])
+    flat = (n_in, math.prod(full) // n_in)  # as read by x @ W
+    if tuple(weight.shape) != (flat[::-1] if _orientation(module) == "out_in" else flat):
+        raise ValueError(f"{site.address}: {type(module).__name__} stores a weight of shape {tuple(weight.shape)}, "
+                         f"which is not {site.name} {site.full_shape} flattened; kcs_tl does not know this layout")
     return module
 
 
@@ -106,7 +121,7 @@ def weight_view(model: TransformerBridge, site: Site) -> Tensor:
     full = site.full_shape
     if len(full) == 2:
         return flat
-    if site.name.lstrip("_") == "W_O":  # [n_heads, d_head, d_model]
+    if _heads_out(site):  # [n_heads, d_head, d_model]
         return flat.view(full)
     return flat.view(full[1], full[0], full[2]).permute(1, 0, 2)  # [heads, d_model, d_head]
 
@@ -114,7 +129,7 @@ def weight_view(model: TransformerBridge, site: Site) -> Tensor:
 def stored_layout(model: TransformerBridge, site: Site) -> Callable[[Tensor], Tensor]:
     """How a tensor of the site's canonical shape (or broadcasting to it) is rearranged as the stored weight."""
     transpose = _orientation(_stored(model, site)) == "out_in"
-    heads_out = site.name.lstrip("_") == "W_O"
+    heads_out = _heads_out(site)
 
     def to_stored(canonical: Tensor) -> Tensor:
         c = canonical.expand(site.full_shape)
