@@ -88,15 +88,19 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None,
-         model_class: str = "hooked") -> ZooModel:
+         model_class: str | None = None) -> ZooModel:
     """Load a built-in model offline (``path`` overrides the shipped directory).
 
     ``model_class="hooked"`` gives a ``HookedTransformer`` (TransformerLens 3.x);
     ``"bridge"`` gives a ``TransformerBridge`` around an equivalent Hugging Face
     GPT-2 holding the same weights (TransformerLens 3.9 and 4.x; same outputs).
+    ``None`` picks ``"hooked"`` where TransformerLens still has it, else ``"bridge"``.
     """
     from kcs_tl import validate
+    from kcs_tl.adapters import hooked
 
+    if model_class is None:
+        model_class = "hooked" if hooked.HookedTransformer is not None else "bridge"
     model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if path is None:
         if name not in MODELS:
