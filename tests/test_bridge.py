@@ -17,6 +17,8 @@ from kcs_tl.adapters.bridge import TransformerBridge, wrap
 from kcs_tl.search import DiscoveryConfig
 from kcs_tl.zoo.bridge import gpt2
 
+from test_masks import one_unit_removed, set_scores
+
 HAS_HOOKED = hooked.HookedTransformer is not None
 CLASSES = ["hooked", "bridge"] if HAS_HOOKED else ["bridge"]  # TransformerLens 4.x: the bridge only
 needs_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="compares with HookedTransformer (TransformerLens 3.x)")
@@ -73,12 +75,6 @@ def twins():
 @pytest.fixture
 def tokens():
     return torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))
-
-
-def set_scores(masked, value):
-    with torch.no_grad():
-        for p in masked.scores.values():
-            p.fill_(value)
 
 
 def random_subnetwork(model, granularity="weight", hooks=(), seed=0) -> Subnetwork:
@@ -241,15 +237,8 @@ def test_mask_gradients_are_the_same_on_both_classes(twins, tokens):
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-3, atol=1e-5)
 
 
-def one_unit_removed(model, hook, index, **options):
-    masked = attach_masks(model, weights=(), hooks=(hook,), layers=[1], **options)
-    set_scores(masked, -1e4)
-    with torch.no_grad():
-        masked.score(f"blocks.1.{hook}")[index] = 1e4
-    return masked.eval()
-
-
 def test_head_gate_at_zero_equals_zero_ablating_hook_z(model, tokens):
+    """On either class (this test moved here from test_masks.py to run on both)."""
     def zero_head(z, hook):
         z[:, :, 2] = 0
         return z
