@@ -6,6 +6,7 @@ and ``kcs_tl.metrics.evaluate``.
 """
 
 from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
+from kcs_tl.analysis.report import report
 from kcs_tl.baselines import random_like
 from kcs_tl.data import KGBatch, KnowledgeGraph, Triplet, encode, lm_blocks
 from kcs_tl.masks import (
@@ -22,5 +23,5 @@ __all__ = [
     "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Criteria", "Discovery",
     "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "MaskedModel",
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
-    "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like",
+    "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like", "report",
 ]

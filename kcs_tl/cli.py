@@ -1,4 +1,4 @@
-"""The ``kcs-tl`` command: ``demo``, ``discover`` and ``evaluate``.
+"""The ``kcs-tl`` command: ``demo``, ``discover``, ``evaluate`` and ``report``.
 
 ``demo`` tells the whole story offline on the built-in model; ``discover`` and
 ``evaluate`` run the same steps on your own data and any TransformerLens model
@@ -13,15 +13,17 @@ checked before any work, and every output folder is written atomically
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from kcs_tl.analysis.report import write_report
+from kcs_tl.analysis.report import Report, report, write_report
 from kcs_tl.data import KnowledgeGraph, lm_blocks, load_wordnet, load_wordnet_control
-from kcs_tl.files import check_writable, read_json, result_folder
+from kcs_tl.files import check_writable, existing_result, read_json, result_folder
 from kcs_tl.metrics import Evaluation, evaluate
 from kcs_tl.search import DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork
@@ -108,12 +110,14 @@ def config_from(args) -> DiscoveryConfig:
 
 
 def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: DiscoveryConfig,
-        out: Path, overwrite: bool, n_random: int = 3) -> tuple[Subnetwork, Evaluation]:
+        out: Path, overwrite: bool, n_random: int = 3, model_name: str | None = None,
+        with_report: bool = True) -> tuple[Subnetwork, Evaluation]:
     """Discover, evaluate against random subnetworks, write everything to ``out``, print the table.
 
     ``out`` is checked before the search. The found subnetwork and history are
     written (atomically) before the evaluation starts, so a Ctrl-C during the
-    evaluation keeps them; the complete folder then replaces them in one step.
+    evaluation keeps them; the complete folder (with ``report.html`` unless
+    ``with_report`` is False) then replaces them in one step.
     """
     check_writable(out, overwrite)
     blocks = lm_text if isinstance(lm_text, torch.Tensor) else lm_blocks(
@@ -122,36 +126,48 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
     found = discover(model, target, control, blocks, cfg)
     seconds = time.perf_counter() - start
     title = f"Knowledge-critical subnetwork for {target.name or 'TargetKG'}"
-    write_result(out, overwrite, title, found, seconds)
+    write_result(out, overwrite, found)
     try:
         result = evaluate(model, found.subnetwork, target, control, blocks, n_random=n_random, seed=cfg.seed)
     except KeyboardInterrupt:
         print(f"interrupted during the evaluation; the subnetwork found is saved in {out / 'subnetwork'} "
               f"(not evaluated: `kcs-tl evaluate --subnetwork {out / 'subnetwork'} ...`)", file=sys.stderr)
         raise
-    write_result(out, True, title, found, seconds, result)
+    run_info = {"model": model_name, "search_seconds": seconds, "title": title}
+    analysis = write_result(out, True, found, result, (model, target, control, run_info), with_report)
     print(result)
     print(f"\nsparsity {result.sparsity:.4%} ({result.n_in_subnetwork:,} weights removed); search "
           f"{seconds:.0f} s, best step {found.best_step} ({found.stopped})")
     print(result.criteria_line(cfg.criteria))
-    print(f"wrote {out / 'subnetwork'}, {out / 'summary.html'}, history.csv, evaluation.csv")
+    if analysis is not None:
+        print(f"\nthe subnetwork vs activation patching on the TargetKG's facts: {analysis}")
+    print(f"wrote {out / 'subnetwork'}, history.csv, evaluation.csv, target.jsonl, control.jsonl, run.json"
+          + (f", {out / 'report.html'}" if with_report else ""))
     return found.subnetwork, result
 
 
-def write_result(out: Path, overwrite: bool, title: str, found, seconds: float,
-                 result: Evaluation | None = None) -> None:
-    """One result folder, written atomically: subnetwork, history, summary, and the evaluation when given."""
-    sections = {"Search": f"<p>{found!r}; {seconds:.0f} s</p>"}
-    if result is not None:
-        sections["Evaluation (original vs remaining vs random subnetworks of the same size)"] = result._repr_html_()
-    sections |= {"Subnetwork": found.subnetwork._repr_html_(),
-                 "Sparsity per layer": found.subnetwork.stats("layer").to_html(index=False)}
+def write_result(out: Path, overwrite: bool, found, result: Evaluation | None = None,
+                 analysed: tuple | None = None, with_report: bool = True) -> Report | None:
+    """One result folder, written atomically: subnetwork and history; with the evaluation, also
+    the evaluation table; with ``analysed`` = (model, target, control, run info), the graphs and
+    ``run.json`` (what ``kcs-tl report`` reads) and, ``with_report``, the HTML report."""
     with result_folder(out, overwrite) as tmp:
         found.subnetwork.save(tmp / "subnetwork")
         found.history.to_csv(tmp / "history.csv", index=False)
         if result is not None:
             result.table.to_csv(tmp / "evaluation.csv", index=False)
-        write_report(tmp / "summary.html", title, sections)
+        if analysed is not None:
+            model, target, control, info = analysed
+            target.save(tmp / "target.jsonl")
+            control.save(tmp / "control.jsonl")
+            (tmp / "run.json").write_text(json.dumps(info, indent=2))
+        done = None
+        if analysed is not None and with_report:
+            done = report(model, found.subnetwork, target, tmp / "report.html", control=control,
+                          evaluation=result, title=info["title"])
+    if done is not None:
+        done.path = out / "report.html"  # where the folder now is
+    return done
 
 
 # -- commands ------------------------------------------------------------------
@@ -168,7 +184,8 @@ def cmd_demo(args) -> None:
     print(f"built-in model tiny-world: {z.model.cfg.n_layers} layers, d_model {z.model.cfg.d_model}; "
           f"TargetKG: the {len(task.target)} IsA facts under {task.root!r} (e.g. {task.target[0]}); "
           f"ControlKG: {len(task.control)} other facts; ControlLM: {len(task.lm)} blocks of narrative text")
-    run(z.model, task.target, task.control, task.lm, cfg, Path(args.out), args.overwrite)
+    run(z.model, task.target, task.control, task.lm, cfg, Path(args.out), args.overwrite, model_name="tiny-world",
+        with_report=not args.no_report)
 
 
 def _lm_file(spec: str) -> Path:
@@ -183,7 +200,8 @@ def cmd_discover(args) -> None:
     cfg = config_from(args)
     target, control, lm_text = load_kg(args.target), load_kg(args.control), _lm_file(args.lm)
     model = load_model(args.model)
-    run(model, target, control, lm_text, cfg, Path(args.out), args.overwrite)
+    run(model, target, control, lm_text, cfg, Path(args.out), args.overwrite, model_name=args.model,
+        with_report=not args.no_report)
 
 
 def cmd_evaluate(args) -> None:
@@ -206,6 +224,32 @@ def cmd_evaluate(args) -> None:
         print(f"wrote {Path(args.out) / 'evaluation.csv'} and {Path(args.out) / 'summary.html'}")
 
 
+def cmd_report(args) -> None:
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"RUN_DIR {args.run_dir} is not a folder; give one written by demo or discover")
+    run_dir = existing_result(args.run_dir)
+    out = Path(args.out) if args.out else run_dir / "report.html"
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: folder {out.parent} does not exist")
+    info = read_json(run_dir / "run.json", "the run's settings (written by demo / discover)") \
+        if (run_dir / "run.json").is_file() else {}
+    name = args.model or info.get("model") or "tiny-world"
+    target = load_kg(args.target) if args.target else KnowledgeGraph.load(run_dir / "target.jsonl")
+    control = (load_kg(args.control) if args.control else
+               KnowledgeGraph.load(run_dir / "control.jsonl") if (run_dir / "control.jsonl").is_file() else None)
+    model = load_model(name)
+    sub = Subnetwork.load(run_dir / "subnetwork", model=model)
+    evaluation = None
+    if (run_dir / "evaluation.csv").is_file():
+        evaluation = Evaluation(pd.read_csv(run_dir / "evaluation.csv"), sub.sparsity(), sub.n_in_subnetwork())
+    done = report(model, sub, target, out, control=control, evaluation=evaluation,
+                  title=info.get("title"), n_random=args.n_random)
+    print(done)
+    print(f"wrote {out}")
+
+
 def _search_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
     p.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
@@ -213,6 +257,7 @@ def _search_options(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--steps", type=int, help="override the number of search steps")
     p.add_argument("--seed", type=int, help="override the random seed")
     p.add_argument("--device", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html (its patching takes a while)")
 
 
 KG_HELP = "a KnowledgeGraph .jsonl file, wordnet:ROOT, wordnet:control or zoo:ROOT"
@@ -220,12 +265,12 @@ KG_HELP = "a KnowledgeGraph .jsonl file, wordnet:ROOT, wordnet:control or zoo:RO
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kcs-tl", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,discover,evaluate}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{demo,discover,evaluate,report}")
 
     demo = sub.add_parser("demo", help="the whole story on the built-in model, offline, on CPU",
                           description="Pick an IsA subtree of the built-in world as TargetKG, discover its "
                           "knowledge-critical subnetwork, evaluate it against random subnetworks of the same "
-                          "size, print the table and write the subnetwork and an HTML summary.")
+                          "size, print the table and write the subnetwork and an HTML report.")
     demo.add_argument("--root", help="IsA subtree root to forget (default: the first of the world's target roots)")
     _search_options(demo, "kcs_out/demo")
     demo.set_defaults(func=cmd_demo)
@@ -254,6 +299,18 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="optional folder for evaluation.csv and summary.html")
     ev.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="write the HTML report of a run folder",
+                         description="Components, activation patching on the TargetKG's facts, the comparison "
+                         "of the two beside random subnetworks, circuitsvis views: one self-contained HTML file.")
+    rep.add_argument("run_dir", help="a folder written by demo or discover")
+    rep.add_argument("--model", help="model the subnetwork was found on (default: the run's, else tiny-world)")
+    rep.add_argument("--target", help=f"TargetKG (default: the run's target.jsonl): {KG_HELP}")
+    rep.add_argument("--control", help=f"ControlKG (default: the run's control.jsonl): {KG_HELP}")
+    rep.add_argument("--n-random", type=int, default=20, help="random subnetworks to compare with (default 20)")
+    rep.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    rep.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    rep.set_defaults(func=cmd_report)
     return p
 
 

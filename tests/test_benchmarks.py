@@ -89,3 +89,15 @@ def test_discovery_and_convergence_quick(capsys):
     assert 0 <= table.sparsity.iloc[0] <= 1 and "runs meeting all criteria" in out and "held-out" in out
     table = convergence.main(["--quick"])
     assert list(table.schedule) == ["default"] and "target: success within 4000 steps" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # one forward per neuron for 512 neurons: about 10 s
+def test_patching_quick(capsys):
+    import patching
+
+    row = patching.main(["--quick"])
+    out = capsys.readouterr().out
+    assert row["max |batched - looped|"] < 1e-4 and row["looped / batched (s)"] > 0
+    for kind in ("heads", "neurons"):
+        assert -1 <= row[f"spearman, {kind}"] <= 1 and row[f"exact / attribution (s), {kind}"] > 0
+    assert "(1) neurons: batched" in out and "(2) heads: exact" in out

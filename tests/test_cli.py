@@ -19,17 +19,16 @@ def tiny_config(tmp_path):
 
 def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path, tiny_config, capsys):
     out = tmp_path / "demo"
-    main(["demo", "--out", str(out), *TINY, *tiny_config])
+    main(["demo", "--out", str(out), "--no-report", *TINY, *tiny_config])  # tests/test_report.py: the report
     printed = capsys.readouterr().out
     assert "TargetKG" in printed and "criteria:" in printed and "random" in printed
-    assert {p.name for p in out.iterdir()} == {"subnetwork", "summary.html", "history.csv", "evaluation.csv",
-                                               ".kcs_tl"}
-    assert "<table" in (out / "summary.html").read_text()
+    assert {p.name for p in out.iterdir()} == {"subnetwork", "history.csv", "evaluation.csv", "target.jsonl",
+                                               "control.jsonl", "run.json", ".kcs_tl"}
     Subnetwork.load(out / "subnetwork")
     with pytest.raises(SystemExit) as info:
         main(["demo", "--out", str(out), *TINY, *tiny_config])
     assert info.value.code == 2 and "already holds a result" in capsys.readouterr().err
-    main(["demo", "--out", str(out), "--overwrite", *TINY, *tiny_config])
+    main(["demo", "--out", str(out), "--overwrite", "--no-report", *TINY, *tiny_config])
 
 
 def test_discover_and_evaluate_on_user_files(tmp_path, tiny_config, builtin, capsys):
@@ -39,7 +38,7 @@ def test_discover_and_evaluate_on_user_files(tmp_path, tiny_config, builtin, cap
     (tmp_path / "lm.txt").write_text("\n".join(z.lm_text["validation"][:60]))
     files = ["--target", str(tmp_path / "target.jsonl"), "--control", str(tmp_path / "control.jsonl"),
              "--lm", str(tmp_path / "lm.txt")]
-    main(["discover", *files, "--out", str(tmp_path / "run"), *TINY, *tiny_config])
+    main(["discover", *files, "--out", str(tmp_path / "run"), "--no-report", *TINY, *tiny_config])
     main(["evaluate", *files, "--subnetwork", str(tmp_path / "run" / "subnetwork"), "--n-random", "1",
           "--out", str(tmp_path / "eval")])
     assert "Evaluation(sparsity" in capsys.readouterr().out

@@ -571,7 +571,7 @@ def test_a_second_ctrl_c_during_the_evaluation_keeps_the_found_subnetwork(toy, t
         cli.run(model, target, control, blocks, DiscoveryConfig(**QUICK | {"steps": 2, "eval_every": 2}), out, False)
     assert "the subnetwork found is saved in" in capsys.readouterr().err
     Subnetwork.load(out / "subnetwork", model=model)
-    assert sorted(p.name for p in out.iterdir()) == [".kcs_tl", "history.csv", "subnetwork", "summary.html"]
+    assert sorted(p.name for p in out.iterdir()) == [".kcs_tl", "history.csv", "subnetwork"]
     monkeypatch.setattr(cli, "cmd_demo", _interrupt)
     with pytest.raises(SystemExit) as info:  # the command line exits with 130, without a traceback
         cli.main(["demo"])
