@@ -308,3 +308,16 @@ def test_builtin_model_as_a_bridge_discovers_and_evaluates(builtin_pair):
                 - ev_h.table.set_index(["set", "model", "metric"]).value).abs()
         rel = diff / ev_h.table.set_index(["set", "model", "metric"]).value.abs().clip(lower=1)
         assert rel.max() < 1e-3, rel.sort_values().tail()
+
+
+@needs_hooked
+@pytest.mark.parametrize("granularity", ["head", "neuron", "mlp_pos"])
+def test_patching_and_attribution_give_the_same_effects_on_both_classes(toy, granularity):
+    from kcs_tl.analysis import attribute, knowledge_prompts, patch
+
+    model, target, control, _ = toy
+    bridge = wrap(gpt2({k: getattr(model.cfg, k) for k in CFG}, model.state_dict()), model.tokenizer).eval()
+    prompts = {m: knowledge_prompts(m, target, pool=control) for m in (model, bridge)}
+    for method in (patch, attribute):
+        expected, got = (method(m, prompts[m], granularity).table.effect for m in (model, bridge))
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
