@@ -27,15 +27,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, mib, peak_bytes, random_model, synthetic_data  # noqa: E402
 
-from kcs_tl.adapters.hooked import owner, resolve_layers, weight_site  # noqa: E402
-from kcs_tl.masks.masked_model import MaskedModel  # noqa: E402
+from kcs_tl.adapters.hooked import owner  # noqa: E402
+from kcs_tl.masks.masked_model import MaskedModel, plan_sites  # noqa: E402
 from kcs_tl.search import DiscoveryConfig, Search  # noqa: E402
 
 TARGETS = {"b/a": ("<=", 1.5), "c/b": (">=", 2.0), "mask state / masked weights": ("<=", 3.0)}
 
 
 def _masked_params(model, cfg: DiscoveryConfig) -> list[torch.nn.Parameter]:
-    sites = [weight_site(model, layer, name) for layer in resolve_layers(model, cfg.layers) for name in cfg.weights]
+    sites = plan_sites(model, cfg.weights, (), cfg.layers).values()
     return [getattr(owner(model, s), s.name) for s in sites]
 
 

@@ -5,10 +5,12 @@ the search loop is ``kcs_tl.search.discover``; results are ``kcs_tl.subnetwork.S
 and ``kcs_tl.metrics.evaluate``.
 """
 
-from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
+from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, architecture
 from kcs_tl.analysis.report import report
 from kcs_tl.baselines import random_like
-from kcs_tl.data import KGBatch, KnowledgeGraph, Triplet, encode, lm_blocks
+from kcs_tl.data import (
+    KGBatch, KnowledgeGraph, KnownFacts, Triplet, encode, known_facts, lm_blocks, load_countries, load_prose,
+)
 from kcs_tl.masks import (
     RELAXATIONS, HardConcrete, MaskedModel, Sigmoid, StraightThroughSigmoid, attach_masks,
     get_relaxation,
@@ -20,8 +22,9 @@ from kcs_tl.subnetwork import Subnetwork, majority
 __version__ = "0.1.0"
 
 __all__ = [
-    "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Criteria", "Discovery",
-    "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "MaskedModel",
-    "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "attach_masks", "discover",
-    "encode", "evaluate", "get_relaxation", "lm_blocks", "majority", "random_like", "report",
+    "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Architecture", "Criteria", "Discovery",
+    "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "KnownFacts", "MaskedModel",
+    "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "architecture", "attach_masks", "discover",
+    "encode", "evaluate", "get_relaxation", "known_facts", "lm_blocks", "load_countries",
+    "load_prose", "majority", "random_like", "report",
 ]

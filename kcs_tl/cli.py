@@ -120,8 +120,9 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
     ``with_report`` is False) then replaces them in one step.
     """
     check_writable(out, overwrite)
+    bos = model.cfg.default_prepend_bos if cfg.prepend_bos is None else cfg.prepend_bos
     blocks = lm_text if isinstance(lm_text, torch.Tensor) else lm_blocks(
-        lm_text, model.tokenizer, min(cfg.lm_block_len, model.cfg.n_ctx))
+        lm_text, model.tokenizer, min(cfg.lm_block_len, model.cfg.n_ctx), prepend_bos=bos)
     start = time.perf_counter()
     found = discover(model, target, control, blocks, cfg)
     seconds = time.perf_counter() - start
@@ -213,7 +214,8 @@ def cmd_evaluate(args) -> None:
     target, control, lm_text = load_kg(args.target), load_kg(args.control), _lm_file(args.lm)
     model = load_model(args.model)
     sub = Subnetwork.load(args.subnetwork, model=model)
-    blocks = lm_blocks(lm_text, model.tokenizer, min(args.block_len, model.cfg.n_ctx))
+    blocks = lm_blocks(lm_text, model.tokenizer, min(args.block_len, model.cfg.n_ctx),
+                       prepend_bos=model.cfg.default_prepend_bos)
     result = evaluate(model, sub, target, control, blocks, n_random=args.n_random)
     print(result)
     print(result.criteria_line())

@@ -181,7 +181,7 @@ def _metrics(kind: str, s, base) -> dict[str, float]:
 
 def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n block"], *,
              target_held_out: KGBatch | None = None, n_random: int = 3, seed: int = 0,
-             batch_size: int = 64) -> Evaluation:
+             batch_size: int = 64, prepend_bos: bool | None = None) -> Evaluation:
     """Original vs remaining model vs random subnetworks of the same size, on every set.
 
     ``target`` / ``control_kg`` / ``target_held_out`` are ``KGBatch``es or
@@ -189,6 +189,8 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
     templates give ``target_held_out`` when it is not passed); ``control_lm``
     is a tensor of token blocks. Random subnetworks remove the same number of
     units per site (``n_random`` seeds; value is the mean, spread the std).
+    Graphs are encoded with a BOS when ``prepend_bos`` says so (``None``: the
+    model's ``cfg.default_prepend_bos``, as ``discover`` does).
     """
     if not isinstance(subnetwork, Subnetwork):
         raise TypeError(f"subnetwork must be a Subnetwork (e.g. Subnetwork.load(folder)), got {validate.given(subnetwork)}")
@@ -196,15 +198,16 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
     n_random = validate.integer("n_random", n_random, 0)
     seed = validate.integer("seed", seed, 0)
     batch_size = validate.integer("batch_size", batch_size, 1)
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else validate.boolean("prepend_bos", prepend_bos)
     if isinstance(target, KnowledgeGraph) and target_held_out is None and target.held_out_templates:
-        target_held_out = encode(target, model.tokenizer, "held_out")
+        target_held_out = encode(target, model.tokenizer, "held_out", prepend_bos=bos)
     sets: dict[str, tuple[str, object]] = {
-        "target": ("kg", _as_batch(target, model, "target")),
-        "control_kg": ("kg", _as_batch(control_kg, model, "control_kg")),
+        "target": ("kg", _as_batch(target, model, "target", bos)),
+        "control_kg": ("kg", _as_batch(control_kg, model, "control_kg", bos)),
         "control_lm": ("lm", validate.tokens("control_lm", control_lm, model)),
     }
     if target_held_out is not None:
-        sets["target_held_out"] = ("kg", _as_batch(target_held_out, model, "target_held_out"))
+        sets["target_held_out"] = ("kg", _as_batch(target_held_out, model, "target_held_out", bos))
 
     def run(ctx):
         with ctx:
@@ -227,8 +230,8 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
     return Evaluation(pd.DataFrame(rows), subnetwork.sparsity(), subnetwork.n_in_subnetwork())
 
 
-def _as_batch(data, model, name: str) -> KGBatch:
-    batch = encode(data, model.tokenizer) if isinstance(data, KnowledgeGraph) else data
+def _as_batch(data, model, name: str, prepend_bos: bool = True) -> KGBatch:
+    batch = encode(data, model.tokenizer, prepend_bos=prepend_bos) if isinstance(data, KnowledgeGraph) else data
     if not isinstance(batch, KGBatch):
         raise TypeError(f"{name} must be a KnowledgeGraph or a KGBatch, got {validate.given(data)}")
     return validate.kg_batch(name, batch, model)

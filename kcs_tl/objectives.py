@@ -60,9 +60,10 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 class Reference:
     """The original model's output distributions at some positions, cached once.
 
-    Full (``indices is None``): ``probs`` over the vocabulary and each row's
-    ``neg_entropy``, so ``KL(p || q) = -H(p) + logsumexp(z) - p . z`` for new
-    logits z, with no log-softmax of z. Top-k: the k most likely tokens'
+    Full (``indices is None``): ``probs`` over the vocabulary (fp32, or fp16 to
+    halve the memory) and each row's ``neg_entropy``, so
+    ``KL(p || q) = -H(p) + logsumexp(z) - p . z`` for new logits z, with no
+    log-softmax of z. Top-k: the k most likely tokens'
     probabilities, the rest of the vocabulary one bucket; the KL is then the
     exact KL between the two distributions coarsened to k + 1 outcomes (a lower
     bound on the full KL, tight when the top k hold the mass).
@@ -73,14 +74,19 @@ class Reference:
     indices: Int[Tensor, "n k"] | None = None
 
     @classmethod
-    def from_logits(cls, logits: Float[Tensor, "n vocab"], top_k: int | None) -> "Reference":
+    def from_logits(cls, logits: Float[Tensor, "n vocab"], top_k: int | None,
+                    dtype: torch.dtype = torch.float32) -> "Reference":
+        """The distribution of ``logits``: all of it, or its ``top_k`` tokens; ``probs`` stored as ``dtype``."""
         logp = logits.float().log_softmax(-1)
         if top_k is not None and top_k < logp.shape[-1]:
             logp, indices = logp.topk(top_k, dim=-1)
         else:
             indices = None
         probs = logp.exp()
-        return cls(probs, (probs * logp).sum(-1), indices)
+        if indices is None and dtype != torch.float32:  # the entropy of the rounded probabilities, so KL(p, p) = 0
+            probs = probs.to(dtype).float()
+            logp = probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+        return cls(probs.to(dtype), (probs * logp).sum(-1), indices)
 
     @classmethod
     def cat(cls, parts: list["Reference"]) -> "Reference":
@@ -94,12 +100,14 @@ class Reference:
     def kl(self, logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
         """KL(p_reference || softmax(logits)) per row."""
         lse = logits.logsumexp(-1)
-        if self.indices is None:
-            return self.neg_entropy + lse - _rowdot(self.probs, logits)
+        probs = self.probs.to(logits.dtype)
+        if self.indices is None:  # rounded (fp16) probabilities may not sum to 1: weight the lse by their mass
+            mass = probs.sum(-1) if self.probs.dtype != torch.float32 else 1.0
+            return self.neg_entropy + mass * lse - _rowdot(probs, logits)
         logq_top = logits.gather(-1, self.indices) - lse[:, None]
-        p_rest = (1 - self.probs.sum(-1)).clamp_min(1e-12)
+        p_rest = (1 - probs.sum(-1)).clamp_min(1e-12)
         q_rest = (1 - logq_top.exp().sum(-1)).clamp_min(1e-12)
-        return (self.neg_entropy - _rowdot(self.probs, logq_top)
+        return (self.neg_entropy - _rowdot(probs, logq_top)
                 + p_rest * (p_rest.log() - q_rest.log()))
 
 

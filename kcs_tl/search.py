@@ -30,13 +30,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from kcs_tl import validate
 from kcs_tl.adapters import (
-    GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, check_model, head, residual_before, resolve_layers, run_from,
+    GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, activation_bytes, check_model, head, residual_before, run_from,
 )
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
@@ -44,11 +44,12 @@ from kcs_tl.data.lm import lm_blocks, split_blocks
 from kcs_tl.data.splits import check_disjoint, holdout
 from kcs_tl.data.verbalise import encode
 from kcs_tl.files import atomic_file, writable_folder
-from kcs_tl.masks.masked_model import MaskedModel
+from kcs_tl.masks.masked_model import MaskedModel, plan_sites
 from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
 from kcs_tl.metrics import Criteria, kg_metrics, lm_metrics, score_kg, score_lm
 from kcs_tl.objectives import SUPPRESSIONS, Lagrangian, Reference, sparsity_weight, suppression
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.teacher import REFERENCES, plan_reference
 
 MAX_LR = 10.0
 """Adam moves a score by about ``lr`` per step; above 10 every score jumps past saturation
@@ -67,10 +68,17 @@ class DiscoveryConfig:
     the built-in model needed far more steps to pass 98% sparsity (see
     benchmarks/convergence.py). ``preset("published")`` restores the schedule
     (``target_sparsity=None``) and the released 40,000 steps.
+
+    Defaults that adapt to the model: ``weights=None`` masks every matrix its
+    architecture has (``kcs_tl.architecture``); ``reference="auto"`` keeps the
+    original model's outputs in the most faithful form that fits in
+    ``reference_max_gib`` (``kcs_tl.teacher``); ``prepend_bos=None`` encodes
+    facts and text with a BOS only when the model's ``cfg.default_prepend_bos``
+    says so. Every setting is checked against the model before any forward pass.
     """
 
     # What is masked.
-    weights: tuple[str, ...] = WEIGHT_NAMES
+    weights: tuple[str, ...] | None = None  # None: every matrix the architecture has (W_gate too)
     hooks: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None  # None: the upper half
     granularity: str = "weight"
@@ -95,8 +103,11 @@ class DiscoveryConfig:
     kg_batch_size: int = 250
     lm_batch_size: int = 10
     lm_block_len: int = 512  # capped at the model's n_ctx
-    reference_top_k: int | None = None  # None caches full distributions
-    reference_max_gib: float = 2.0
+    reference: str = "auto"  # the original model's outputs: "full", "fp16", "top_k", "on_the_fly" (kcs_tl.teacher)
+    reference_top_k: int = 100  # k of the "top_k" representation
+    reference_max_gib: float = 2.0  # memory budget of the cached outputs
+    lm_chunk_max_gib: float = 1.0  # activations of the LM blocks backpropagated together (estimated)
+    prepend_bos: bool | None = None  # None: the model's cfg.default_prepend_bos
     # Validation, stopping, checkpoints.
     control_val_fraction: float = 0.2
     lm_val_fraction: float = 0.1
@@ -115,7 +126,7 @@ class DiscoveryConfig:
         """Check and normalise every field (``FIELD_CHECKS`` says what is valid), then their combinations."""
         for name, check in FIELD_CHECKS.items():
             setattr(self, name, check(f"DiscoveryConfig.{name}", getattr(self, name)))
-        if not self.weights and not self.hooks:
+        if self.weights == () and not self.hooks:
             raise ValueError("DiscoveryConfig: weights and hooks are both empty; nothing would be masked")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("DiscoveryConfig.checkpoint_every needs a checkpoint_dir")
@@ -170,7 +181,7 @@ def _options(name: str, value) -> dict:
 _v = validate
 FIELD_CHECKS = {
     # field: the check that says what is valid (each returns the normalised value)
-    "weights": partial(_v.names, options=WEIGHT_NAMES),
+    "weights": partial(_v.optional, _v.names, options=WEIGHT_NAMES),
     "hooks": partial(_v.names, options=HOOK_NAMES),
     "layers": partial(_v.optional, _v.layers),
     "granularity": partial(_v.choice, options=GRANULARITIES),
@@ -193,8 +204,11 @@ FIELD_CHECKS = {
     "kg_batch_size": partial(_v.integer, low=1),
     "lm_batch_size": partial(_v.integer, low=1),
     "lm_block_len": partial(_v.integer, low=2),
-    "reference_top_k": partial(_v.optional, _v.integer, low=1),
+    "reference": partial(_v.choice, options=REFERENCES),
+    "reference_top_k": partial(_v.integer, low=1),
     "reference_max_gib": partial(_v.number, low=0, low_open=True),
+    "lm_chunk_max_gib": partial(_v.number, low=0, low_open=True),
+    "prepend_bos": partial(_v.optional, _v.boolean),
     "control_val_fraction": _v.fraction,
     "lm_val_fraction": _v.fraction,
     "eval_every": partial(_v.integer, low=1),
@@ -211,7 +225,13 @@ FIELD_CHECKS = {
 
 @dataclass
 class Discovery:
-    """A search's result: the subnetwork, the history (one row per step) and why it stopped."""
+    """A search's result: the subnetwork, the history (one row per step) and why it stopped.
+
+    ``setup`` records what the search chose for itself: ``prepend_bos`` (whether
+    text and facts were encoded with a BOS), ``reference`` (how the original
+    model's outputs were kept, ``kcs_tl.teacher``) and ``target_known`` (TargetKG
+    facts whose gold tail the original model ranks in its top 10).
+    """
 
     subnetwork: Subnetwork
     history: pd.DataFrame
@@ -219,10 +239,12 @@ class Discovery:
     best_step: int
     criteria_met: bool
     stopped: str
+    setup: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
+        setup = "".join(f", {k}: {v}" for k, v in self.setup.items())
         return (f"Discovery({self.subnetwork!r}, best step {self.best_step}, criteria "
-                f"{'met' if self.criteria_met else 'not met'}, stopped: {self.stopped})")
+                f"{'met' if self.criteria_met else 'not met'}, stopped: {self.stopped}{setup})")
 
     def _repr_html_(self) -> str:
         evals = self.history.dropna(subset=["val_target_top1"]) if "val_target_top1" in self.history else self.history
@@ -240,18 +262,19 @@ def _tokenizer(model, what: str):
     return model.tokenizer
 
 
-def _as_kg_batch(data, model, what: str) -> KGBatch:
+def _as_kg_batch(data, model, what: str, prepend_bos: bool) -> KGBatch:
     if isinstance(data, KnowledgeGraph):
-        data = encode(data, _tokenizer(model, what), "train")
+        data = encode(data, _tokenizer(model, what), "train", prepend_bos=prepend_bos)
     if not isinstance(data, KGBatch):
         raise TypeError(f"{what} must be a KnowledgeGraph or a KGBatch, got {type(data).__name__}")
     return validate.kg_batch(what, data, model)
 
 
-def _as_lm_blocks(data, model, block_len: int) -> Int[Tensor, "n block"]:
+def _as_lm_blocks(data, model, block_len: int, prepend_bos: bool) -> Int[Tensor, "n block"]:
     if not isinstance(data, Tensor):
         try:
-            data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx))
+            data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx),
+                             prepend_bos=prepend_bos)
         except (TypeError, ValueError) as err:
             raise type(err)(f"control_lm: {err}") from None
     validate.tokens("control_lm", data, model)
@@ -285,66 +308,93 @@ class _Data:
     control_val: KGBatch
     lm: Int[Tensor, "n block"]
     lm_val: Int[Tensor, "n block"]
-    control_ref: Reference  # per control label position, in row order
+    control_ref: Reference | None  # per control label position, in row order; None: computed each step
     control_ref_rows: Int[Tensor, "n_labels"]
-    lm_ref: Reference  # per LM position, block-major
+    lm_ref: Reference | None  # per LM position, block-major; None: computed each step
     start: int  # first masked layer: below it nothing changes during the search
     target_resid: Float[Tensor, "n_target pos d_model"]  # residual stream entering ``start``
     control_resid: Float[Tensor, "n_control pos d_model"]
     lm_resid: Float[Tensor, "n_lm block d_model"]
     base_control_top1: float
     base_lm_ppl: float
+    lm_chunk: int = 1 << 30  # LM blocks per forward/backward within a step
+    setup: dict = field(default_factory=dict)
+
+
+_DTYPES = {"full": torch.float32, "fp16": torch.float16, "top_k": torch.float32}
 
 
 @torch.no_grad()
-def _reference(model, tokens: Tensor, select, top_k: int | None, batch_size: int) -> Reference:
-    """The original model's log-probs at the positions ``select(rows, logits)`` picks, cached once."""
-    parts = []
+def _cache(model, tokens: Tensor, start: int, batch_size: int, bar, select=None, kind: str = "on_the_fly",
+           top_k: int = 0) -> tuple[Tensor, Reference | None]:
+    """One pass over ``tokens``: the residual entering layer ``start`` and, unless ``kind`` is
+    ``on_the_fly``, the original model's distributions at the positions ``select(lo, logits)`` picks."""
+    resid, parts = [], []
     for lo in range(0, len(tokens), batch_size):
-        logits = model(tokens[lo : lo + batch_size])
-        parts.append(Reference.from_logits(select(lo, logits), top_k))
-    return Reference.cat(parts)
+        r = residual_before(model, tokens[lo : lo + batch_size], start)
+        resid.append(r)
+        if kind != "on_the_fly":
+            logits = head(model, run_from(model, r, start))
+            parts.append(Reference.from_logits(select(lo, logits), top_k if kind == "top_k" else None,
+                                               _DTYPES[kind]))
+        bar.update(len(r))
+    return torch.cat(resid), Reference.cat(parts) if parts else None
 
 
-@torch.no_grad()
-def _residuals(model, tokens: Tensor, layer: int, batch_size: int) -> Tensor:
-    """The residual stream entering ``layer`` for every row, computed once (the layers below are frozen)."""
-    return torch.cat([residual_before(model, tokens[lo : lo + batch_size], layer)
-                      for lo in range(0, len(tokens), batch_size)])
+def _known_facts(model, batch: KGBatch, k: int = 10) -> tuple[int, int]:
+    """How many triplets of ``batch`` have their gold tail in the model's top ``k`` under their best template."""
+    ranks = score_kg(model, batch).rank
+    best = torch.full((int(batch.triplet_index.max()) + 1,), k, dtype=torch.long)
+    best.scatter_reduce_(0, batch.triplet_index.cpu(), ranks, reduce="amin")
+    present = torch.zeros_like(best, dtype=torch.bool)
+    present[batch.triplet_index.cpu()] = True
+    return int((best[present] < k).sum()), int(present.sum())
 
 
-def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device) -> _Data:
+def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device, start: int | None = None) -> _Data:
+    """Encode, split and check every input, choose the teacher representation, then run the cached passes.
+
+    Everything that can be wrong with the inputs is checked before the first
+    forward pass over control data (the expensive part).
+    """
+    if start is None:
+        start = min(s.layer for s in plan_sites(model, cfg.weights, cfg.hooks, cfg.layers, cfg.granularity).values())
+    bos = model.cfg.default_prepend_bos if cfg.prepend_bos is None else cfg.prepend_bos
     if isinstance(target, KnowledgeGraph) and isinstance(control_kg, KnowledgeGraph):
         check_disjoint(target, control_kg)
-    t = _as_kg_batch(target, model, "target").to(device)
-    c_all = _as_kg_batch(control_kg, model, "control_kg")
+    t = _as_kg_batch(target, model, "target", bos).to(device)
+    c_all = _as_kg_batch(control_kg, model, "control_kg", bos)
     overlap = set(t.sentences) & set(c_all.sentences)
     if overlap:
         raise ValueError(f"{len(overlap)} sentence(s) are in both target and control_kg, e.g. {sorted(overlap)[:3]}")
     c, c_val = (b.to(device) for b in _split_by_triplet(c_all, cfg.control_val_fraction, cfg.seed))
-    lm, lm_val = (b.to(device) for b in split_blocks(_as_lm_blocks(control_lm, model, cfg.lm_block_len),
+    lm, lm_val = (b.to(device) for b in split_blocks(_as_lm_blocks(control_lm, model, cfg.lm_block_len, bos),
                                                      cfg.lm_val_fraction, cfg.seed))
-    vocab = model.cfg.d_vocab
-    k = vocab if cfg.reference_top_k is None else min(cfg.reference_top_k, vocab)
-    n_positions = int(c.label_mask.sum()) + lm.numel()
-    gib = n_positions * k * (4 if cfg.reference_top_k is None else 12) / 2**30
-    if gib > cfg.reference_max_gib:
-        raise ValueError(f"caching the original model's outputs would take {gib:.1f} GiB; set "
-                         f"reference_top_k (e.g. 100) or raise reference_max_gib")
-    control_ref = _reference(model, c.tokens, lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
-                             cfg.reference_top_k, cfg.kg_batch_size)
-    lm_ref = _reference(model, lm, lambda lo, lg: lg.flatten(0, 1), cfg.reference_top_k, cfg.lm_batch_size)
-    start = min(resolve_layers(model, cfg.layers))
+    plan = plan_reference(cfg.reference, int(c.label_mask.sum()), lm.numel(), model.cfg.d_vocab,
+                          cfg.reference_top_k, cfg.reference_max_gib)
+    per_block = activation_bytes(model, model.cfg.n_layers - start, lm.shape[1])
+    chunk = max(1, int(cfg.lm_chunk_max_gib * 2**30 // per_block))
+    known, n_facts = _known_facts(model, t)
+    if known < 0.5 * n_facts:
+        warnings.warn(f"discover: the model knows only {known} of {n_facts} TargetKG facts (gold tail in its top 10 "
+                      "under the best template); suppressing facts it does not know means little", UserWarning)
+    bar = tqdm(total=len(t) + len(c) + len(lm), desc="prepare", unit="row", disable=not cfg.progress)
+    with bar:
+        target_resid, _ = _cache(model, t.tokens, start, cfg.kg_batch_size, bar)
+        control_resid, control_ref = _cache(model, c.tokens, start, cfg.kg_batch_size, bar,
+                                            lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
+                                            plan.control, plan.top_k)
+        lm_resid, lm_ref = _cache(model, lm, start, cfg.lm_batch_size, bar, lambda lo, lg: lg.flatten(0, 1),
+                                  plan.lm, plan.top_k)
     return _Data(
         target=t, control=c, control_val=c_val, lm=lm, lm_val=lm_val,
         control_ref=control_ref, control_ref_rows=torch.nonzero(c.label_mask)[:, 0],
-        lm_ref=lm_ref,
-        start=start,
-        target_resid=_residuals(model, t.tokens, start, cfg.kg_batch_size),
-        control_resid=_residuals(model, c.tokens, start, cfg.kg_batch_size),
-        lm_resid=_residuals(model, lm, start, cfg.lm_batch_size),
+        lm_ref=lm_ref, start=start, target_resid=target_resid, control_resid=control_resid, lm_resid=lm_resid,
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
+        lm_chunk=chunk,
+        setup={"prepend_bos": bos, "reference": plan.describe(), "target_known": f"{known}/{n_facts}",
+               "lm_blocks_per_backward": min(chunk, cfg.lm_batch_size)},
     )
 
 
@@ -375,13 +425,19 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
         t_logits = head(model, final[: len(t), :t_width][t.label_mask]).float()
         c_logits = head(model, final[len(t):, :c_width][c.label_mask]).float()
         out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
-        ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
-        ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
+        c_resid = data.control_resid[c_rows.to(data.control_resid.device), :c_width]
+        if data.control_ref is None:
+            ref = _teacher(masked, c_resid, data.start, c.label_mask)
+        else:
+            ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
+            ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
         out["control_kg"] = ref.kl(c_logits).mean()
-        lm_logits = head(model, run_from(model, data.lm_resid[lm_rows], data.start)).float().flatten(0, 1)
-        positions = (lm_rows[:, None] * data.lm.shape[1]
-                     + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
-        out["control_lm"] = data.lm_ref[positions].kl(lm_logits).mean()
+        chunks = lm_rows.split(data.lm_chunk)
+        if len(chunks) == 1:
+            out["control_lm"] = _lm_kl(masked, data, lm_rows) / lm_rows.numel() / data.lm.shape[1]
+        else:  # each chunk's backward now, so only one chunk's activations are alive at a time
+            n = lm_rows.numel() * data.lm.shape[1]
+            out["control_lm"] = sum(_lm_kl(masked, data, rows, cfg.control_lm_weight / n) for rows in chunks) / n
         if cfg.expression_weight:
             with masked.as_mode("keep"):
                 kept = model(t.tokens)[t.label_mask].float()
@@ -396,6 +452,40 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
                    + cfg.control_lm_weight * out["control_lm"] + out["sparsity"]
                    + cfg.expression_weight * out.get("expression", 0.0))
     return out
+
+
+def _lm_kl(masked: MaskedModel, data: _Data, lm_rows: Int[Tensor, "rows"],
+           backward_weight: float | None = None) -> Float[Tensor, ""]:
+    """Summed KL(original || masked) over the positions of LM blocks ``lm_rows``.
+
+    With ``backward_weight`` the weighted sum is backpropagated at once (keeping the
+    masks' graph for the other terms) and the sum comes back detached.
+    """
+    model = masked.model
+    resid = data.lm_resid[lm_rows]
+    logits = head(model, run_from(model, resid, data.start)).float().flatten(0, 1)
+    if data.lm_ref is None:
+        ref = _teacher(masked, resid, data.start)
+    else:
+        positions = (lm_rows[:, None] * data.lm.shape[1]
+                     + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
+        ref = data.lm_ref[positions]
+    total = ref.kl(logits).sum()
+    if backward_weight is None:
+        return total
+    (backward_weight * total).backward(retain_graph=True)
+    return total.detach()
+
+
+@torch.no_grad()
+def _teacher(masked: MaskedModel, resid: Float[Tensor, "batch pos d_model"], start: int,
+             positions: Bool[Tensor, "batch pos"] | None = None) -> Reference:
+    """The original model's distributions, computed now (masks off) from cached residuals: ``on_the_fly``."""
+    model = masked.model
+    with masked.disabled():
+        final = run_from(model, resid, start)
+    final = final[positions] if positions is not None else final.flatten(0, 1)
+    return Reference.from_logits(head(model, final), None)
 
 
 # -- validation and checkpoint choice --------------------------------------------
@@ -558,6 +648,9 @@ class Search:
     def __init__(self, model, target, control_kg, control_lm, config: DiscoveryConfig | None = None):
         self.cfg = cfg = _checked(config)
         check_model(model)
+        # Every setting is checked against this model before anything expensive runs.
+        fields = tuple(f"DiscoveryConfig.{f}" for f in ("weights", "hooks", "layers"))
+        sites = plan_sites(model, cfg.weights, cfg.hooks, cfg.layers, cfg.granularity, fields)
         self.device = _device(cfg)
         relaxation = get_relaxation(cfg.relaxation, **cfg.relaxation_options)
         if cfg.checkpoint_every:
@@ -567,7 +660,8 @@ class Search:
         try:
             if home != self.device:
                 model.to(self.device)
-            self.data = _prepare(model, target, control_kg, control_lm, cfg, self.device)
+            self.data = _prepare(model, target, control_kg, control_lm, cfg, self.device,
+                                 min(s.layer for s in sites.values()))
             self.lagrangian = (Lagrangian(1 - cfg.target_sparsity).to(self.device)
                                if cfg.target_sparsity is not None else None)
             self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -601,14 +695,14 @@ class Search:
         A non-finite loss or gradient updates nothing and sets ``fault`` (which
         values went non-finite), so the masks stay at their last finite state.
         """
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
         with self.autocast:
             terms = _losses(self.masked, self.data, self.cfg, self.state.step, self.gen, self.lagrangian)
         if not torch.isfinite(terms["loss"]):
             self.fault = (f"non-finite loss at step {self.state.step} "
                           f"(terms: { {k: float(v.detach()) for k, v in terms.items()} })")
             return terms
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)
         terms["loss"].backward()
         bad = _nonfinite(self.trained, grads=True)
         if bad:
@@ -652,9 +746,10 @@ class Search:
                                "the relaxation options")
         self.masked.load_state_dict(self.state.best_scores)
         best = self.state.best
-        sub = self.masked.to_subnetwork(config=self.cfg.to_json(), best_step=best["step"], stopped=stopped)
+        sub = self.masked.to_subnetwork(config=self.cfg.to_json(), best_step=best["step"], stopped=stopped,
+                                        **self.data.setup)
         return Discovery(sub, pd.DataFrame(self.state.history), self.cfg, best["step"],
-                         bool(best["criteria_met"]), stopped)
+                         bool(best["criteria_met"]), stopped, dict(self.data.setup))
 
     def close(self) -> None:
         self.masked.detach()
@@ -671,7 +766,7 @@ def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | No
     """Find the subnetwork whose removal makes ``model`` forget ``target`` and keep the rest.
 
     Args:
-        model: a ``HookedTransformer`` with a tokenizer; moved to the search's device.
+        model: a ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer; moved to the search's device.
         target: the TargetKG (``KnowledgeGraph`` or ``KGBatch``) to suppress.
         control_kg: the ControlKG to maintain; must not share triplets with ``target``.
         control_lm: LM text to maintain: token blocks ``[n, block_len]`` or a list of strings.

@@ -29,6 +29,7 @@ from kcs_tl.adapters import (
     Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, readout, weight_site,
     weight_view,
 )
+from kcs_tl.adapters.hooked import unit as unit_of
 from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import check_mode, keep_gate
@@ -124,7 +125,12 @@ class Subnetwork:
         return g
 
     def _unit_table(self, unit: str) -> pd.DataFrame:
-        """Per head (attention sites) or per neuron (MLP sites): how much of it is in the subnetwork."""
+        """Per head (attention sites) or per neuron (MLP sites): how much of it is in the subnetwork.
+
+        Under grouped-query attention the stored key/value matrices (``_W_K``, ``_W_V``)
+        count per key/value head (column ``unit`` says ``kv_head``); a gated MLP's
+        ``W_gate`` counts with its neuron, like ``W_in`` and ``W_out``.
+        """
         rows = []
         for a, s in self.sites.items():
             axis = s.head_axis if unit == "head" else s.neuron_axis
@@ -135,7 +141,7 @@ class Subnetwork:
             inside = full.sum(dim=other) if other else full.long()
             per_unit = math.prod(full.shape) // full.shape[axis]
             for i, n in enumerate(inside.tolist()):
-                rows.append({"layer": s.layer, "matrix": s.name, unit: i, "total": per_unit,
+                rows.append({"layer": s.layer, "matrix": s.name, unit: i, "unit": unit_of(s), "total": per_unit,
                              "in_subnetwork": int(n), "sparsity": 1 - n / per_unit})
         if not rows:
             raise ValueError(f"this subnetwork masks no site with a {unit} axis")

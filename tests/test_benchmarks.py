@@ -16,6 +16,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bridge as bridge_benchmark  # noqa: E402
 import convergence  # noqa: E402
 import discovery  # noqa: E402
 import scaling  # noqa: E402
@@ -101,3 +102,19 @@ def test_patching_quick(capsys):
     for kind in ("heads", "neurons"):
         assert -1 <= row[f"spearman, {kind}"] <= 1 and row[f"exact / attribution (s), {kind}"] > 0
     assert "(1) neurons: batched" in out and "(2) heads: exact" in out
+
+
+def test_large_vocab_quick(capsys):
+    import large_vocab
+
+    rows = large_vocab.main(["--quick", "--lm-blocks", "4", "--steps", "1", "--references", "auto,on_the_fly"])
+    assert [r["chosen"].split(":")[0] for r in rows] == ["full", "on_the_fly"]
+    assert all(r["step_s"] > 0 and r["prepare_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
+    assert "meets" in capsys.readouterr().out
+
+
+def test_bridge_benchmark_quick(capsys):
+    row = bridge_benchmark.main(["--quick", "--repeats", "1"])
+    assert row["jaccard"] == 1.0 and row["crossed_rel_diff"] < 1e-4  # a few steps: float rounding cannot diverge yet
+    assert row["hooked_step_s"] > 0 and row["bridge_step_s"] > 0 and math.isfinite(row["step_ratio"])
+    assert "ratio bridge/hooked" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import kcs_tl
 from kcs_tl import Subnetwork, attach_masks, discover, evaluate, zoo
 from kcs_tl.adapters import adapter, fingerprint, hooked, weight_site, weight_view
 from kcs_tl.adapters.bridge import TransformerBridge, wrap
@@ -173,21 +174,24 @@ def test_masks_act_the_same_in_compatibility_mode(tokens, processing):
 
 
 def test_llama_style_bridge_masks_its_linear_projections(tokens):
-    """Llama keeps q/k/v/o and the MLP as nn.Linear ([out, in]), RMSNorm and rotary positions."""
+    """Llama keeps q/k/v/o and the gated MLP as nn.Linear ([out, in]); grouped-query K/V; RMSNorm, rotary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     def llama():
         torch.manual_seed(0)
         config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=16,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
                              architectures=["LlamaForCausalLM"])
         return wrap(LlamaForCausalLM(config).eval())
 
     br, by_hand = llama(), llama()
     g = torch.Generator().manual_seed(0)
     masks, sites = {}, {}
-    for name, component, stored in (("W_O", by_hand.blocks[1].attn.o, lambda m: m.reshape(32, 32).T),
+    assert kcs_tl.architecture(br).weights == ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_gate")
+    for name, component, stored in (("W_K", by_hand.blocks[1].attn.k, lambda m: m.permute(0, 2, 1).reshape(16, 32)),
+                                    ("W_O", by_hand.blocks[1].attn.o, lambda m: m.reshape(32, 32).T),
                                     ("W_in", getattr(by_hand.blocks[1].mlp, "in"), lambda m: m.T),
+                                    ("W_gate", by_hand.blocks[1].mlp.gate, lambda m: m.T),
                                     ("W_out", by_hand.blocks[1].mlp.out, lambda m: m.T)):
         site = weight_site(br, 1, name)
         sites[site.address], masks[site.address] = site, torch.rand(site.shape, generator=g) < 0.5

@@ -164,6 +164,14 @@ def weights_twice(c: Context):
         first.detach()
 
 
+def moe_model():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    return HookedTransformer(HookedTransformerConfig(
+        n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_mlp=32, d_vocab=20, act_fn="silu",
+        normalization_type="RMS", gated_mlp=True, num_experts=4, experts_per_token=2))
+
+
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
 
 BAD_INPUTS = [
@@ -405,6 +413,27 @@ BAD_INPUTS = [
                  TypeError, r"got Linear\. Supported: .*HookedTransformer.*TransformerBridge", id="evaluate-model-class"),
     pytest.param(lambda c: __import__("kcs_tl.zoo").zoo.load("tiny-world", model_class="bridged"), ValueError,
                  r"model_class must be one of \('hooked', 'bridge'\), got 'bridged'", id="zoo-model-class"),
+    # -- architectures and the teacher cache (issue 15): refused before any forward pass ----------------
+    pytest.param(config(reference="topk"), ValueError, r"DiscoveryConfig.reference must be one of \('auto', 'full', "
+                 r"'fp16', 'top_k', 'on_the_fly'\), got 'topk'", id="reference-unknown"),
+    pytest.param(config(reference_top_k=None), TypeError, r"reference_top_k must be an int >= 1, got None",
+                 id="top_k-none"),
+    pytest.param(config(lm_chunk_max_gib=-1), ValueError, r"DiscoveryConfig.lm_chunk_max_gib must be a finite number > 0",
+                 id="lm_chunk_max_gib-negative"),
+    pytest.param(config(prepend_bos="no"), TypeError, r"DiscoveryConfig.prepend_bos must be True or False",
+                 id="prepend_bos-str"),
+    pytest.param(lambda c: c.discover(weights=("W_gate",)), ValueError,
+                 r"DiscoveryConfig.weights: GPT-2 style model has no \['W_gate'\] \(features: .*MLP\); its maskable "
+                 r"matrices are \('W_Q', 'W_K', 'W_V', 'W_O', 'W_in', 'W_out'\)", id="weights-not-in-architecture"),
+    pytest.param(lambda c: attach_masks(c.model, weights=("W_in", "W_gate")), ValueError,
+                 r"^weights: GPT-2 style model has no \['W_gate'\]", id="attach-weights-not-in-architecture"),
+    pytest.param(lambda c: c.discover(layers=(1, 7)), ValueError,
+                 r"DiscoveryConfig.layers \[7\] out of range: this model has layers 0..1", id="layers-out-of-range"),
+    pytest.param(lambda c: c.discover(reference="full", reference_max_gib=1e-6), ValueError,
+                 r"reference='full': caching the original model's outputs at [\d,]+ positions \(vocabulary \d+\) "
+                 r"would take .* GiB > reference_max_gib=1e-06; use reference='auto'", id="reference-too-big"),
+    pytest.param(lambda c: attach_masks(moe_model()), ValueError,
+                 r"mixture-of-experts models \(num_experts=4\) are not supported", id="attach-moe"),
 ]
 
 

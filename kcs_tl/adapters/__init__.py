@@ -12,7 +12,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from kcs_tl.adapters import hooked
-from kcs_tl.adapters.hooked import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Site, hook_broadcast
+from kcs_tl.adapters.hooked import (
+    GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, Matrix, Site, hook_broadcast, unit,
+)
 
 try:
     from kcs_tl.adapters import bridge
@@ -42,6 +44,9 @@ def _dispatch(name: str):
 
 
 check_model = _dispatch("check_model")
+architecture = _dispatch("architecture")
+check_site = _dispatch("check_site")
+activation_bytes = _dispatch("activation_bytes")
 resolve_layers = _dispatch("resolve_layers")
 weight_site = _dispatch("weight_site")
 hook_site = _dispatch("hook_site")
@@ -61,7 +66,7 @@ def fingerprint_mismatch(expected: dict, model) -> list[str]:
     """Human-readable differences between a saved fingerprint and ``model``."""
     return adapter(model).fingerprint_mismatch(expected, model)
 
-__all__ = ["GRANULARITIES", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Site", "activation_shape", "adapter",
-           "check_model", "fingerprint", "fingerprint_mismatch", "head", "hook_broadcast", "hook_point",
+__all__ = ["GRANULARITIES", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Architecture", "Matrix", "Site",
+           "activation_bytes", "activation_shape", "adapter", "architecture", "check_model", "check_site", "fingerprint", "fingerprint_mismatch", "head", "hook_broadcast", "hook_point",
            "hook_site", "readout", "residual_before", "resolve_layers", "run_from", "stored_layout",
-           "weight_site", "weight_target", "weight_view"]
+           "unit", "weight_site", "weight_target", "weight_view"]

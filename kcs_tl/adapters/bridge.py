@@ -41,11 +41,10 @@ def is_model(model) -> bool:
 
 
 def check_model(model) -> TransformerBridge:
-    """Refuse a bridge kcs_tl cannot mask (no MLP, or q/k/v not split into their own modules)."""
+    """Refuse a bridge kcs_tl cannot mask (see ``hooked.check_config``; q/k/v not in their own modules)."""
     if not is_model(model):
         raise TypeError(f"expected a transformer_lens TransformerBridge, got {type(model).__name__}")
-    if getattr(model.cfg, "attn_only", False):
-        raise ValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
+    hooked.check_config(model.cfg)
     block = model.blocks[0]
     for name in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"):
         if _component(block, name) is None:
@@ -67,10 +66,28 @@ def _component(block: nn.Module, name: str) -> nn.Module | None:
     return original if "weight" in original._parameters or parametrize.is_parametrized(original, "weight") else None
 
 
+def architecture(model) -> hooked.Architecture:
+    """The maskable matrices of the bridge's architecture, in canonical layout (as ``hooked.architecture``)."""
+    return hooked.architecture_of(check_model(model).cfg)
+
+
+def weight_site(model: TransformerBridge, layer: int, name: str, granularity: str = "weight") -> Site:
+    """The site of matrix ``name`` in ``layer``: the same Site a HookedTransformer of these weights gives."""
+    return hooked.site_of(architecture(model), layer, name, granularity)
+
+
+def check_site(model: TransformerBridge, site: Site) -> Site:
+    """Make sure a weight site's computing module exists and holds a weight of the site's size (cheap)."""
+    if site.kind == "weight":
+        _stored(model, site)
+    return site
+
+
+# What only reads the config, which the bridge shares with HookedTransformer.
 resolve_layers = hooked.resolve_layers
-weight_site = hooked.weight_site
 hook_site = hooked.hook_site
 activation_shape = hooked.activation_shape
+activation_bytes = hooked.activation_bytes
 fingerprint = hooked.fingerprint
 fingerprint_mismatch = hooked.fingerprint_mismatch
 
@@ -116,8 +133,8 @@ def weight_target(model: TransformerBridge, site: Site) -> tuple[nn.Module, str]
 
 def weight_view(model: TransformerBridge, site: Site) -> Tensor:
     """The stored weight seen in canonical layout, as a view: in-place edits change the model."""
-    w = _stored(model, site).weight
-    flat = w.t() if _orientation(_stored(model, site)) == "out_in" else w
+    module = _stored(model, site)
+    flat = module.weight.t() if _orientation(module) == "out_in" else module.weight
     full = site.full_shape
     if len(full) == 2:
         return flat

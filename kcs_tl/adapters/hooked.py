@@ -8,10 +8,13 @@ TransformerBridge) can answer the same questions without touching the rest.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import pandas as pd
 from torch import nn
+from torch.nn.utils import parametrize
 from transformer_lens.utilities import apply_softcap
 
 try:
@@ -21,22 +24,10 @@ except ImportError:  # TransformerLens 4.x removed it; adapters.bridge serves th
 
 from kcs_tl import validate
 
-WEIGHT_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+WEIGHT_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_gate")
+"""Every weight matrix name kcs_tl can mask; ``architecture(model).weights`` says which a model has."""
 HOOK_NAMES = ("attn.hook_z", "mlp.hook_post")
 GRANULARITIES = ("weight", "row", "column")
-
-# Axes of each matrix in TransformerLens layout, read as x @ W: which axes index
-# the input unit (a "row"), which the output unit (a "column"), and which axis is
-# the attention head or the MLP neuron.
-_LAYOUT = {
-    #        module  shape names                          input axes  head  neuron
-    "W_Q": ("attn", ("n_heads", "d_model", "d_head"), (1,), 0, None),
-    "W_K": ("attn", ("n_heads", "d_model", "d_head"), (1,), 0, None),
-    "W_V": ("attn", ("n_heads", "d_model", "d_head"), (1,), 0, None),
-    "W_O": ("attn", ("n_heads", "d_head", "d_model"), (0, 1), 0, None),
-    "W_in": ("mlp", ("d_model", "d_mlp"), (0,), None, 1),
-    "W_out": ("mlp", ("d_mlp", "d_model"), (0,), None, 0),
-}
 
 # Config fields that decide whether a saved mask fits a model.
 _FINGERPRINT_FIELDS = (
@@ -44,6 +35,127 @@ _FINGERPRINT_FIELDS = (
     "n_ctx", "act_fn", "normalization_type", "positional_embedding_type",
     "attn_only", "gated_mlp", "n_key_value_heads",
 )
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """One maskable weight matrix of an architecture, in TransformerLens layout (read as ``x @ W``).
+
+    ``name`` is what a user asks for (``"W_K"``); ``stored`` is the attribute
+    that holds the ``nn.Parameter`` and is masked (``"_W_K"`` under grouped-query
+    attention, where ``W_K`` is a computed property); ``axes`` name the stored
+    shape; ``inputs`` are the axes indexing the input unit (a "row");
+    ``unit_axis`` indexes the matrix's unit and ``unit`` says what it is:
+    ``"head"``, ``"kv_head"`` (a key/value head shared by a group of query heads)
+    or ``"neuron"``.
+    """
+
+    name: str
+    stored: str
+    module: str  # "attn" | "mlp"
+    axes: tuple[str, ...]
+    inputs: tuple[int, ...]
+    unit: str
+    unit_axis: int
+
+
+_HEADS = ("n_heads", "d_model", "d_head")
+_KV_HEADS = ("n_key_value_heads", "d_model", "d_head")
+_MATRICES = {
+    "W_Q": Matrix("W_Q", "W_Q", "attn", _HEADS, (1,), "head", 0),
+    "W_K": Matrix("W_K", "W_K", "attn", _HEADS, (1,), "head", 0),
+    "W_V": Matrix("W_V", "W_V", "attn", _HEADS, (1,), "head", 0),
+    "W_O": Matrix("W_O", "W_O", "attn", ("n_heads", "d_head", "d_model"), (0, 1), "head", 0),
+    "W_in": Matrix("W_in", "W_in", "mlp", ("d_model", "d_mlp"), (0,), "neuron", 1),
+    "W_out": Matrix("W_out", "W_out", "mlp", ("d_mlp", "d_model"), (0,), "neuron", 0),
+    "W_gate": Matrix("W_gate", "W_gate", "mlp", ("d_model", "d_mlp"), (0,), "neuron", 1),
+}
+_GROUPED = {n: Matrix(n, f"_{n}", "attn", _KV_HEADS, (1,), "kv_head", 0) for n in ("W_K", "W_V")}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What kcs_tl can mask in one model: the adapter's whole answer about an architecture.
+
+    ``matrices`` are the maskable weight matrices by user name (biases,
+    embeddings, norms and the unembedding are never masked); ``hooks`` the
+    hook points that take one gate per head or neuron; ``dims`` the sizes the
+    matrices' axes name. A TransformerBridge adapter answers the same questions.
+    """
+
+    family: str
+    matrices: dict[str, Matrix]
+    hooks: tuple[str, ...]
+    dims: dict[str, int]
+    features: tuple[str, ...]
+
+    @property
+    def weights(self) -> tuple[str, ...]:
+        """The weight names this model has, in ``WEIGHT_NAMES`` order: ``weights=None`` masks all of them."""
+        return tuple(self.matrices)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.dims[a] for a in self.matrices[name].axes)
+
+    def check_weights(self, name: str, weights) -> tuple[str, ...]:
+        """``weights`` (``None``: all of this model's matrices) checked against this architecture."""
+        if weights is None:
+            return self.weights
+        weights = validate.names(name, weights, WEIGHT_NAMES)
+        missing = [w for w in weights if w not in self.matrices]
+        if missing:
+            raise ValueError(f"{name}: {self.family} model has no {missing} (features: {', '.join(self.features)}); "
+                             f"its maskable matrices are {self.weights}")
+        return weights
+
+    def table(self) -> pd.DataFrame:
+        """One row per maskable matrix: stored name, shape, unit, weights per layer."""
+        return pd.DataFrame([{"weight": m.name, "stored as": f"{m.module}.{m.stored}", "shape": self.shape(m.name),
+                              "axes": m.axes, "unit": m.unit, "per layer": math.prod(self.shape(m.name))}
+                             for m in self.matrices.values()])
+
+    def __repr__(self) -> str:
+        return f"Architecture({self.family}: {', '.join(self.features)}; weights {self.weights})"
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>{self!r}</b></p>" + self.table().to_html(index=False)
+
+
+def _family(cfg) -> str:
+    if cfg.use_normalization_before_and_after:
+        return "Gemma-2 style"
+    if cfg.n_key_value_heads is not None or cfg.gated_mlp:
+        return "Llama/Mistral/Qwen style"
+    if cfg.parallel_attn_mlp:
+        return "GPT-NeoX/Pythia style"
+    return "GPT-2 style"
+
+
+def _features(cfg) -> tuple[str, ...]:
+    out = [f"norm {cfg.normalization_type}", f"{cfg.positional_embedding_type} positions"]
+    if cfg.n_key_value_heads is not None:
+        out.append(f"grouped-query attention ({cfg.n_heads} query heads share {cfg.n_key_value_heads} key/value)")
+    out.append("gated MLP" if cfg.gated_mlp else "MLP")
+    if cfg.parallel_attn_mlp:
+        out.append("parallel attention and MLP")
+    if cfg.use_normalization_before_and_after:
+        out.append("norms before and after each sublayer")
+    return tuple(out)
+
+
+def architecture(model) -> Architecture:
+    """The maskable matrices, hook points and sizes of ``model`` (refusing what kcs_tl cannot mask)."""
+    return architecture_of(check_model(model).cfg)
+
+
+def architecture_of(cfg) -> Architecture:
+    """The architecture a TransformerLens config describes (the bridge's config has the same fields)."""
+    grouped = cfg.n_key_value_heads is not None
+    matrices = {n: (_GROUPED[n] if grouped and n in _GROUPED else _MATRICES[n])
+                for n in WEIGHT_NAMES if n != "W_gate" or cfg.gated_mlp}
+    dims = {"n_heads": cfg.n_heads, "n_key_value_heads": cfg.n_key_value_heads or cfg.n_heads,
+            "d_model": cfg.d_model, "d_head": cfg.d_head, "d_mlp": cfg.d_mlp}
+    return Architecture(_family(cfg), matrices, HOOK_NAMES, dims, _features(cfg))
 
 
 @dataclass(frozen=True)
@@ -79,15 +191,26 @@ def is_model(model) -> bool:
 
 
 def check_model(model) -> HookedTransformer:
-    """Refuse anything that is not a HookedTransformer, naming what is supported."""
+    """Refuse anything that is not a HookedTransformer kcs_tl can mask, naming what is supported."""
     if not is_model(model):
         raise TypeError(
             f"kcs_tl needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
             "Supported: HookedTransformer (TransformerLens 3.x)."
         )
-    if model.cfg.attn_only:
-        raise ValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
+    check_config(model.cfg)
     return model
+
+
+def check_config(cfg) -> None:
+    """Refuse configurations kcs_tl cannot mask, whichever class carries them."""
+    if cfg.attn_only:
+        raise ValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
+    if cfg.num_experts:
+        raise ValueError(f"mixture-of-experts models (num_experts={cfg.num_experts}) are not supported: kcs_tl "
+                         "masks dense MLPs only (GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen and Gemma-2 styles)")
+    if getattr(cfg, "load_in_4bit", False):
+        raise ValueError("4-bit quantised models are not supported: their weights are packed, so a mask cannot "
+                         "multiply them; load the model in float32, float16 or bfloat16")
 
 
 def resolve_layers(model: HookedTransformer, layers) -> list[int]:
@@ -102,31 +225,63 @@ def resolve_layers(model: HookedTransformer, layers) -> list[int]:
     return sorted(set(layers))
 
 
-def _dims(model: HookedTransformer) -> dict[str, int]:
-    c = model.cfg
-    return {"n_heads": c.n_heads, "d_model": c.d_model, "d_head": c.d_head, "d_mlp": c.d_mlp}
+def _matrix(arch: Architecture, name: str) -> Matrix:
+    """A matrix by user name (``W_K``) or stored name (``_W_K``, as saved sites name it)."""
+    for m in arch.matrices.values():
+        if name in (m.name, m.stored):
+            return m
+    raise ValueError(f"unknown weight {name!r}; this {arch.family} model has {arch.weights}")
 
 
 def weight_site(model: HookedTransformer, layer: int, name: str, granularity: str = "weight") -> Site:
     """The site of matrix ``name`` in ``layer``; its mask shape follows ``granularity``.
 
     ``row`` keeps one gate per input unit (output axes collapse to 1), ``column``
-    one gate per output unit (input axes collapse to 1), so masks broadcast.
+    one gate per output unit (input axes collapse to 1), so masks broadcast. The
+    site is named by the stored parameter (``blocks.3.attn._W_K`` under
+    grouped-query attention), which is what a mask multiplies.
     """
-    if name not in _LAYOUT:
-        raise ValueError(f"unknown weight {name!r}; choose from {WEIGHT_NAMES}")
+    return site_of(architecture(model), layer, name, granularity)
+
+
+def site_of(arch: Architecture, layer: int, name: str, granularity: str = "weight") -> Site:
+    """``weight_site`` given the model's architecture (shared with the bridge adapter)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
-    module, axes, inputs, head, neuron = _LAYOUT[name]
-    full = tuple(_dims(model)[a] for a in axes)
+    m = _matrix(arch, name)
+    full = arch.shape(m.name)
     if granularity == "weight":
         shape = full
     elif granularity == "row":
-        shape = tuple(d if i in inputs else 1 for i, d in enumerate(full))
+        shape = tuple(d if i in m.inputs else 1 for i, d in enumerate(full))
     else:
-        shape = tuple(1 if i in inputs else d for i, d in enumerate(full))
-    return Site(f"blocks.{layer}.{module}.{name}", layer, module, name, "weight",
+        shape = tuple(1 if i in m.inputs else d for i, d in enumerate(full))
+    head, neuron = (None, m.unit_axis) if m.unit == "neuron" else (m.unit_axis, None)
+    return Site(f"blocks.{layer}.{m.module}.{m.stored}", layer, m.module, m.stored, "weight",
                 granularity, full, shape, head, neuron)
+
+
+def check_site(model: HookedTransformer, site: Site) -> Site:
+    """Make sure the site's tensor exists in ``model`` as a Parameter of the expected shape.
+
+    Cheap; run before any expensive step so a layout the adapter does not know
+    fails at once, not after minutes of preparation.
+    """
+    target = owner(model, site)
+    if site.kind == "weight" and not parametrize.is_parametrized(target, site.name):  # a second mask: attach says so
+        w = target._parameters.get(site.name)
+        if not isinstance(w, nn.Parameter) or tuple(w.shape) != site.full_shape:
+            found = "nothing" if w is None else f"{type(w).__name__} {tuple(w.shape)}"
+            raise ValueError(f"{site.address}: expected a Parameter of shape {site.full_shape} in "
+                             f"{type(target).__name__}, found {found}; kcs_tl does not know this layout")
+    return site
+
+
+def unit(site: Site) -> str:
+    """What one index of the site's unit axis is: ``head``, ``kv_head`` or ``neuron``."""
+    if site.neuron_axis is not None:
+        return "neuron"
+    return "kv_head" if site.kind == "weight" and site.name in {m.stored for m in _GROUPED.values()} else "head"
 
 
 def hook_site(model: HookedTransformer, layer: int, hook: str) -> Site:
@@ -197,6 +352,18 @@ def fingerprint_mismatch(expected: dict, model: HookedTransformer) -> list[str]:
     actual = fingerprint(model)
     return [f"{k}: saved {expected[k]!r}, model {actual.get(k)!r}"
             for k in expected if expected[k] != actual.get(k)]
+
+
+def activation_bytes(model: HookedTransformer, n_layers: int, seq_len: int) -> int:
+    """Rough fp32 bytes one sequence keeps for the backward pass through ``n_layers`` blocks and the unembedding.
+
+    Per token and block: about 12 residual-sized and 4 MLP-sized tensors plus 4
+    attention-score rows per head; per token, 4 vocabulary-sized tensors (logits,
+    log-probs and their gradients). An estimate for choosing batch chunks, not a bound.
+    """
+    c = model.cfg
+    per_token = n_layers * (12 * c.d_model + 4 * c.d_mlp + 4 * c.n_heads * seq_len) + 4 * c.d_vocab
+    return 4 * seq_len * per_token
 
 
 def residual_before(model: HookedTransformer, tokens: torch.Tensor, layer: int) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """Knowledge graphs, templates, verbalisation into token batches, LM text blocks, WordNet graphs."""
 
 from kcs_tl.data.batch import IGNORE_INDEX, KGBatch
+from kcs_tl.data.countries import load_countries
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
+from kcs_tl.data.known import KnownFacts, known_facts
 from kcs_tl.data.lm import lm_blocks, split_blocks
+from kcs_tl.data.prose import load_prose
 from kcs_tl.data.splits import check_disjoint, subtree, target_control_split
 from kcs_tl.data.templates import check_template, split_templates
 from kcs_tl.data.verbalise import best_templates, encode, tail_nll
@@ -11,6 +14,7 @@ from kcs_tl.data.wordnet import WORDNET_ROOTS, load_wordnet, load_wordnet_contro
 __all__ = [
     "IGNORE_INDEX",
     "KGBatch",
+    "KnownFacts",
     "KnowledgeGraph",
     "Triplet",
     "WORDNET_ROOTS",
@@ -18,7 +22,10 @@ __all__ = [
     "check_disjoint",
     "check_template",
     "encode",
+    "known_facts",
     "lm_blocks",
+    "load_countries",
+    "load_prose",
     "load_wordnet",
     "load_wordnet_control",
     "split_blocks",

@@ -1,4 +1,4 @@
-"""MaskedModel: trainable mask scores attached to a HookedTransformer.
+"""MaskedModel: trainable mask scores attached to a HookedTransformer or TransformerBridge.
 
 A mask value m = 1 puts a unit in the subnetwork. In ``mode="remove"`` the model
 computes with 1 - m (the subnetwork is removed: the knowledge-critical search);
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kcs_tl import validate
 from kcs_tl.adapters import (
-    HOOK_NAMES, WEIGHT_NAMES, Site, activation_shape, check_model, hook_site, resolve_layers, weight_site,
+    HOOK_NAMES, Site, activation_shape, architecture, check_site, hook_site, resolve_layers, weight_site,
 )
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.relaxations import Relaxation, get_relaxation
@@ -67,6 +67,34 @@ def _unfreeze(model: nn.Module, owner: object) -> None:
             p.requires_grad_(flag)
 
 
+def plan_sites(model, weights: Iterable[str] | None = None, hooks: Iterable[str] = (),
+               layers: Iterable[int] | None = None, granularity: str = "weight",
+               names: tuple[str, str, str] = ("weights", "hooks", "layers")) -> dict[str, Site]:
+    """The sites a mask would cover, checked against ``model`` without running it (cheap).
+
+    ``weights=None`` means every maskable matrix of the model's architecture.
+    ``names`` are the argument names errors should use (``DiscoveryConfig.weights`` in a search).
+    """
+    arch = architecture(model)
+    weights = arch.check_weights(names[0], weights)
+    hooks = validate.names(names[1], hooks, HOOK_NAMES)
+    try:
+        chosen = resolve_layers(model, layers)
+    except (TypeError, ValueError) as err:
+        raise type(err)(str(err).replace("layers", names[2], 1)) from None
+    sites: dict[str, Site] = {}
+    for layer in chosen:
+        for name in weights:
+            s = weight_site(model, layer, name, granularity)
+            sites[s.address] = check_site(model, s)
+        for hook in hooks:
+            s = hook_site(model, layer, hook)
+            sites[s.address] = s
+    if not sites:
+        raise ValueError(f"nothing to mask: {names[0]} and {names[1]} are both empty")
+    return sites
+
+
 @torch.no_grad()
 def mean_activations(model, tokens: Int[Tensor, "batch pos"], sites: Sequence[Site]) -> dict[str, Tensor]:
     """Mean of each hook site's activation over batch and positions of ``tokens``."""
@@ -79,12 +107,16 @@ class MaskedModel(nn.Module):
     """Mask scores for a set of sites, attached to ``model`` until ``detach()``.
 
     Args:
-        model: a ``HookedTransformer``; its weights are frozen while attached.
+        model: a ``HookedTransformer`` or ``TransformerBridge``; its weights are frozen while attached.
         weights: matrices to mask per element/row/column, from
-            ``W_Q, W_K, W_V, W_O, W_in, W_out``. Biases, embeddings, layer norms and
-            the unembedding are left out, as in Bayazit et al.: they are few
-            parameters shared by every computation, so removing one would say
-            little about where a particular fact is stored.
+            ``W_Q, W_K, W_V, W_O, W_in, W_out`` and ``W_gate`` (gated MLPs);
+            ``None`` (the default) masks every one the architecture has
+            (``kcs_tl.architecture(model).weights``). Under grouped-query attention
+            ``W_K``/``W_V`` are masked as stored, one matrix per key/value head.
+            Biases, embeddings, layer norms and the unembedding are left out, as
+            in Bayazit et al.: they are few parameters shared by every
+            computation, so removing one would say little about where a
+            particular fact is stored.
         hooks: ``"attn.hook_z"`` (one gate per head) and/or ``"mlp.hook_post"``
             (one gate per neuron).
         layers: layers to mask; ``None`` is the upper half of the model.
@@ -98,15 +130,13 @@ class MaskedModel(nn.Module):
             initialised at the mean when ``reference`` is given, else zero).
     """
 
-    def __init__(self, model, weights: Iterable[str] = WEIGHT_NAMES, hooks: Iterable[str] = (),
+    def __init__(self, model, weights: Iterable[str] | None = None, hooks: Iterable[str] = (),
                  layers: Iterable[int] | None = None, granularity: str = "weight",
                  relaxation: str | Relaxation = "straight_through", mode: str = "remove",
                  init_prob: float = 0.45, ablation: str = "zero",
                  reference: Int[Tensor, "batch pos"] | None = None):
         super().__init__()
-        check_model(model)
-        weights = validate.names("weights", weights, WEIGHT_NAMES)
-        hooks = validate.names("hooks", hooks, HOOK_NAMES)
+        self.sites: dict[str, Site] = plan_sites(model, weights, hooks, layers, granularity)
         validate.fraction("init_prob", init_prob)
         self.ablation = validate.choice("ablation", ablation, ABLATIONS)
         if ablation == "mean" and reference is None:
@@ -115,17 +145,7 @@ class MaskedModel(nn.Module):
             validate.tokens("reference", reference, model)
         self.mode = check_mode(mode)
         self.relaxation = get_relaxation(relaxation)
-        self.layers = resolve_layers(model, layers)
-        self.sites: dict[str, Site] = {}
-        for layer in self.layers:
-            for name in weights:
-                s = weight_site(model, layer, name, granularity)
-                self.sites[s.address] = s
-            for hook in hooks:
-                s = hook_site(model, layer, hook)
-                self.sites[s.address] = s
-        if not self.sites:
-            raise ValueError("nothing to mask: give at least one weight or hook name")
+        self.layers = sorted({s.layer for s in self.sites.values()})
         device = next(model.parameters()).device
         start = self.relaxation.init_score(init_prob)
         self.scores = nn.ParameterDict({
@@ -135,6 +155,7 @@ class MaskedModel(nn.Module):
         self._model = [model]  # a list keeps the model out of this module's parameters
         self._masks: dict[str, Tensor] | None = None
         self._holding = False
+        self._disabled = False
         # Everything above only reads the model; attaching comes last and is undone if it fails.
         self._attachment = Attachment(model, list(self.sites.values()), self.gate, self.replacement)
         try:
@@ -178,7 +199,9 @@ class MaskedModel(nn.Module):
         return self._masks
 
     def gate(self, address: str) -> Tensor:
-        """The multiplier the model computes with at ``address``."""
+        """The multiplier the model computes with at ``address`` (all ones while ``disabled()``)."""
+        if self._disabled:
+            return self.score(address).new_ones((1,) * len(self.sites[address].shape))
         return keep_gate(self.masks()[address], self.mode)
 
     def replacement(self, address: str) -> Tensor | None:
@@ -197,6 +220,15 @@ class MaskedModel(nn.Module):
             yield self.masks()
         finally:
             self._masks, self._holding = None, False
+
+    @contextmanager
+    def disabled(self):
+        """Compute as the original model inside (every gate is 1: bit-identical outputs), without detaching."""
+        previous, self._disabled = self._disabled, True
+        try:
+            yield self
+        finally:
+            self._disabled = previous
 
     @contextmanager
     def as_mode(self, mode: str):

@@ -23,11 +23,13 @@ __all__ = ["ZooModel", "load", "available", "MODELS", "MODEL_CLASSES"]
 _HERE = Path(__file__).resolve().parent
 MODELS: dict[str, Path] = {"tiny-world": _HERE / "tiny_world"}
 MODEL_CLASSES = ("hooked", "bridge")  # HookedTransformer (TransformerLens 3.x) | TransformerBridge (3.9 and 4.x)
+DOWNLOADED = ("smollm2-135m",)
+"""Real models whose weights come from an optional package (``kcs_tl.zoo.smollm2``)."""
 
 
 def available() -> list[str]:
     """Names accepted by :func:`load`."""
-    return sorted(MODELS)
+    return sorted([*MODELS, *DOWNLOADED])
 
 
 @dataclass
@@ -47,11 +49,11 @@ class ZooModel:
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     kg: Any  # kcs_tl.data.kg.KnowledgeGraph
     lm_text: dict[str, list[str]]
-    agreement_train: list[str]
-    agreement_test: list
-    gender_train: list[str]
-    gender_test: list
-    target_roots: list[str]
+    agreement_train: list[str] = field(default_factory=list)
+    agreement_test: list = field(default_factory=list)
+    gender_train: list[str] = field(default_factory=list)
+    gender_test: list = field(default_factory=list)
+    target_roots: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
     @property
@@ -75,11 +77,7 @@ def _hooked(cfg: dict, state: dict, tokenizer, device: str):
                           "model with zoo.load(name, model_class='bridge')") from None
     model = HookedTransformer(HookedTransformerConfig(**cfg, device=device), tokenizer=tokenizer,
                               move_to_device=False)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
-                           f"unexpected {unexpected}")
+    load_weights(model, state)
     return model
 
 
@@ -87,10 +85,22 @@ def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def load_weights(model, state: dict) -> None:
+    """Load every parameter of ``model`` from ``state`` (buffers such as rotary tables may be absent)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or params & set(missing):
+        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
+                           f"unexpected {unexpected}")
+
+
 def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None,
          model_class: str | None = None) -> ZooModel:
-    """Load a built-in model offline (``path`` overrides the shipped directory).
+    """Load a built-in model offline (``path`` overrides the shipped directory, or the cache for a real model).
 
+    ``"smollm2-135m"`` is SmolLM2-135M-Instruct (``kcs_tl.zoo.smollm2``) with the
+    shipped country facts as ``kg`` and Python's documentation as ``lm_text``
+    (a ``HookedTransformer``). For the built-in ``tiny-world``,
     ``model_class="hooked"`` gives a ``HookedTransformer`` (TransformerLens 3.x);
     ``"bridge"`` gives a ``TransformerBridge`` around an equivalent Hugging Face
     GPT-2 holding the same weights (TransformerLens 3.9 and 4.x; same outputs).
@@ -102,6 +112,10 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
     if model_class is None:
         model_class = "hooked" if hooked.HookedTransformer is not None else "bridge"
     model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
+    if name in DOWNLOADED:
+        if model_class != "hooked":
+            raise ValueError(f"zoo model {name!r} loads as a HookedTransformer only (model_class='hooked')")
+        return _load_smollm2(device, path)
     if path is None:
         if name not in MODELS:
             raise ValueError(f"unknown zoo model {name!r}; valid names: {available()}")
@@ -149,3 +163,19 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
         target_roots=list(meta["target_roots"]),
         meta={**meta, "build": cfg_dict.get("build", {})},
     )
+
+
+def _load_smollm2(device: str, folder: str | Path | None) -> ZooModel:
+    from kcs_tl.data.countries import load_countries
+    from kcs_tl.data.prose import load_prose
+    from kcs_tl.data.splits import holdout
+    from kcs_tl.zoo import smollm2
+
+    model, tokenizer = smollm2.load_model(device, folder)
+    prose = load_prose()
+    train, val = holdout(len(prose), 0.1, 0)
+    return ZooModel(name="smollm2-135m", model=model, tokenizer=tokenizer, kg=load_countries(),
+                    lm_text={"train": [prose[i] for i in train.tolist()],
+                             "validation": [prose[i] for i in val.tolist()]},
+                    meta={"source": smollm2.GGUF_FILE, "package": smollm2.PACKAGE, "licence": "Apache-2.0",
+                          "lm_text": "pydoc_data.topics (Python's documentation, PSF licence)"})

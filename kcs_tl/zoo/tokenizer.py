@@ -42,15 +42,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048, min_frequency:
     return tok
 
 
-def wrap(tok: Tokenizer):
-    """Wrap a ``tokenizers.Tokenizer`` for TransformerLens / transformers."""
+def wrap(tok: Tokenizer, bos: str = BOS, eos: str = BOS, pad: str = PAD, unk: str | None = None,
+         name: str = "kcs_tl/tiny-world"):
+    """Wrap a ``tokenizers.Tokenizer`` for TransformerLens / transformers (special tokens as given)."""
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=BOS,
-        pad_token=PAD,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
         add_bos_token=True,
         model_max_length=10**6,
     )
@@ -58,7 +60,7 @@ def wrap(tok: Tokenizer):
     # make sure the underlying tokenizer does not add anything itself.
     fast._tokenizer.post_processor = None
     # TransformerLens reads init_kwargs["name_or_path"] unconditionally.
-    fast.init_kwargs.setdefault("name_or_path", "kcs_tl/tiny-world")
+    fast.init_kwargs.setdefault("name_or_path", name)
     fast.init_kwargs["add_bos_token"] = True
     return fast
 
