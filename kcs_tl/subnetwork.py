@@ -29,7 +29,7 @@ from kcs_tl.adapters import (
     Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, readout, weight_site,
     weight_view,
 )
-from kcs_tl.adapters.hooked import unit as unit_of
+from kcs_tl.adapters import unit as unit_of
 from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import check_mode, keep_gate

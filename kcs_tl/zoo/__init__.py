@@ -114,7 +114,8 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
     model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if name in DOWNLOADED:
         if model_class != "hooked":
-            raise ValueError(f"zoo model {name!r} loads as a HookedTransformer only (model_class='hooked')")
+            raise ValueError(f"zoo model {name!r} loads as a HookedTransformer only (model_class='hooked', "
+                             "TransformerLens 3.x)")
         return _load_smollm2(device, path)
     if path is None:
         if name not in MODELS:
