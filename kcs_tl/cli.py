@@ -32,20 +32,27 @@ from kcs_tl.subnetwork import Subnetwork
 
 
 def load_model(name: str):
-    """A built-in zoo model by name, else ``HookedTransformer.from_pretrained`` (needs local weights)."""
+    """A built-in zoo model by name, else ``HookedTransformer.from_pretrained`` (TransformerLens 3.x) or
+    ``TransformerBridge.boot_transformers`` (4.x); either needs local weights."""
     from kcs_tl import zoo
 
     if name in zoo.available():
         return zoo.load(name).model
-    from transformer_lens import HookedTransformer
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    try:
+        from transformer_lens import HookedTransformer
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:  # TransformerLens 4.x: the bridge around the Hugging Face model
+        from kcs_tl.adapters.bridge import TransformerBridge
 
+        HookedTransformer, get_official_model_name = None, lambda name: name
     try:
         get_official_model_name(name)
     except ValueError:
         raise ValueError(f"--model {name!r} is unknown: neither a built-in model {zoo.available()} nor a "
                          "TransformerLens model name; `kcs-tl discover --list-models` lists them") from None
     try:
+        if HookedTransformer is None:
+            return TransformerBridge.boot_transformers(name)
         return HookedTransformer.from_pretrained(name)
     except Exception as err:  # offline, missing weights: say what was tried, in one line
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -60,12 +67,15 @@ class _ListModels(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
-
         from kcs_tl import zoo
 
         print("built-in (offline):", *zoo.available(), sep="\n  ")
-        print("TransformerLens (weights must be available locally):", *OFFICIAL_MODEL_NAMES, sep="\n  ")
+        try:
+            from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+        except ImportError:  # TransformerLens 4.x
+            print("or a Hugging Face model name TransformerBridge.boot_transformers supports (weights local)")
+        else:
+            print("TransformerLens (weights must be available locally):", *OFFICIAL_MODEL_NAMES, sep="\n  ")
         parser.exit()
 
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import (
+from kcs_tl.adapters import (
     GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, activation_bytes, check_model, head, residual_before, run_from,
 )
 from kcs_tl.data.batch import KGBatch
@@ -764,7 +764,7 @@ def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | No
     """Find the subnetwork whose removal makes ``model`` forget ``target`` and keep the rest.
 
     Args:
-        model: a ``HookedTransformer`` with a tokenizer; moved to the search's device.
+        model: a ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer; moved to the search's device.
         target: the TargetKG (``KnowledgeGraph`` or ``KGBatch``) to suppress.
         control_kg: the ControlKG to maintain; must not share triplets with ``target``.
         control_lm: LM text to maintain: token blocks ``[n, block_len]`` or a list of strings.

@@ -25,10 +25,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from kcs_tl.adapters.hooked import (
-    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, owner, readout, weight_site,
+from kcs_tl.adapters import (
+    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, readout, weight_site,
+    weight_view,
 )
-from kcs_tl.adapters.hooked import unit as unit_of
+from kcs_tl.adapters import unit as unit_of
 from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import check_mode, keep_gate
@@ -236,16 +237,16 @@ class Subnetwork:
         """
         self.check_model(model)
         check_mode(mode)
+        if any(parametrize.is_parametrized(m) for m in model.modules()):
+            raise RuntimeError("the model carries an attached mask; detach it before a permanent apply")
         for a, s in self.sites.items():
-            module, name, bias = (owner(model, s), s.name, None) if s.kind == "weight" else readout(model, s)
-            if parametrize.is_parametrized(module, name):
-                raise RuntimeError(f"{a} carries an attached mask; detach it before a permanent apply")
-            w = getattr(module, name)
+            # Canonical-layout views of the stored weights: in-place edits reach the model.
+            w, bias = (weight_view(model, s), None) if s.kind == "weight" else readout(model, s)
             keep = keep_gate(self.masks[a].to(torch.float32), mode).to(w.device, w.dtype)
             if bias is None:
                 w.mul_(keep)
             else:
-                _fold(w, getattr(module, bias), s, keep, self.replacements.get(a))
+                _fold(w, bias, s, keep, self.replacements.get(a))
         return model
 
     # -- save / load -------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bridge as bridge_benchmark  # noqa: E402
 import convergence  # noqa: E402
 import discovery  # noqa: E402
 import interventions  # noqa: E402
@@ -125,3 +126,10 @@ def test_interventions_quick(capsys):
         assert set(results[name]["pareto"].method) == {"hard_concrete", "reinforce"}
     assert list(results["knowledge"]["table"].method) == ["discover", "weight_magnitude", "grad_x_weight", "random"]
     assert out.count("meets") + out.count("MISSES") == 3 and "(c) knowledge suppression" in out
+
+
+def test_bridge_benchmark_quick(capsys):
+    row = bridge_benchmark.main(["--quick", "--repeats", "1"])
+    assert row["jaccard"] == 1.0 and row["crossed_rel_diff"] < 1e-4  # a few steps: float rounding cannot diverge yet
+    assert row["hooked_step_s"] > 0 and row["bridge_step_s"] > 0 and math.isfinite(row["step_ratio"])
+    assert "ratio bridge/hooked" in capsys.readouterr().out

@@ -405,6 +405,14 @@ BAD_INPUTS = [
     pytest.param(lambda c: c.cli("evaluate", *c.kg_files(), "--subnetwork", str(c.saved()), "--out", str(c.tmp),
                                  "--overwrite"), CLIExit, r"holds the --subnetwork being evaluated",
                  id="cli-evaluate-out-holds-the-subnetwork"),
+    # -- model classes: HookedTransformer or TransformerBridge, nothing else (issue 12) ----------------
+    pytest.param(lambda c: attach_masks(torch.nn.Linear(3, 3)), TypeError,
+                 r"needs a TransformerLens model, got Linear\. Supported: .*HookedTransformer.*TransformerBridge",
+                 id="model-class"),
+    pytest.param(lambda c: evaluate(torch.nn.Linear(3, 3), Subnetwork.load(c.saved()), c.target, c.control, c.blocks),
+                 TypeError, r"got Linear\. Supported: .*HookedTransformer.*TransformerBridge", id="evaluate-model-class"),
+    pytest.param(lambda c: __import__("kcs_tl.zoo").zoo.load("tiny-world", model_class="bridged"), ValueError,
+                 r"model_class must be one of \('hooked', 'bridge'\), got 'bridged'", id="zoo-model-class"),
     # -- architectures and the teacher cache (issue 15): refused before any forward pass ----------------
     pytest.param(config(reference="topk"), ValueError, r"DiscoveryConfig.reference must be one of \('auto', 'full', "
                  r"'fp16', 'top_k', 'on_the_fly'\), got 'topk'", id="reference-unknown"),

@@ -15,8 +15,12 @@ import torch
 import pandas as pd
 from torch import nn
 from torch.nn.utils import parametrize
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities import apply_softcap
+
+try:
+    from transformer_lens import HookedTransformer
+except ImportError:  # TransformerLens 4.x removed it; adapters.bridge serves those users
+    HookedTransformer = None
 
 from kcs_tl import validate
 
@@ -141,7 +145,11 @@ def _features(cfg) -> tuple[str, ...]:
 
 def architecture(model) -> Architecture:
     """The maskable matrices, hook points and sizes of ``model`` (refusing what kcs_tl cannot mask)."""
-    cfg = check_model(model).cfg
+    return architecture_of(check_model(model).cfg)
+
+
+def architecture_of(cfg) -> Architecture:
+    """The architecture a TransformerLens config describes (the bridge's config has the same fields)."""
     grouped = cfg.n_key_value_heads is not None
     matrices = {n: (_GROUPED[n] if grouped and n in _GROUPED else _MATRICES[n])
                 for n in WEIGHT_NAMES if n != "W_gate" or cfg.gated_mlp}
@@ -178,14 +186,23 @@ class Site:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+def is_model(model) -> bool:
+    return HookedTransformer is not None and isinstance(model, HookedTransformer)
+
+
 def check_model(model) -> HookedTransformer:
     """Refuse anything that is not a HookedTransformer kcs_tl can mask, naming what is supported."""
-    if not isinstance(model, HookedTransformer):
+    if not is_model(model):
         raise TypeError(
             f"kcs_tl needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
             "Supported: HookedTransformer (TransformerLens 3.x)."
         )
-    cfg = model.cfg
+    check_config(model.cfg)
+    return model
+
+
+def check_config(cfg) -> None:
+    """Refuse configurations kcs_tl cannot mask, whichever class carries them."""
     if cfg.attn_only:
         raise ValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
     if cfg.num_experts:
@@ -194,7 +211,6 @@ def check_model(model) -> HookedTransformer:
     if getattr(cfg, "load_in_4bit", False):
         raise ValueError("4-bit quantised models are not supported: their weights are packed, so a mask cannot "
                          "multiply them; load the model in float32, float16 or bfloat16")
-    return model
 
 
 def resolve_layers(model: HookedTransformer, layers) -> list[int]:
@@ -225,9 +241,13 @@ def weight_site(model: HookedTransformer, layer: int, name: str, granularity: st
     site is named by the stored parameter (``blocks.3.attn._W_K`` under
     grouped-query attention), which is what a mask multiplies.
     """
+    return site_of(architecture(model), layer, name, granularity)
+
+
+def site_of(arch: Architecture, layer: int, name: str, granularity: str = "weight") -> Site:
+    """``weight_site`` given the model's architecture (shared with the bridge adapter)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
-    arch = architecture(model)
     m = _matrix(arch, name)
     full = arch.shape(m.name)
     if granularity == "weight":
@@ -291,9 +311,30 @@ def activation_shape(model: HookedTransformer, site: Site) -> tuple[int, ...]:
 _READOUT = {"hook_z": ("W_O", "b_O"), "hook_post": ("W_out", "b_out")}
 
 
-def readout(model: HookedTransformer, site: Site) -> tuple[nn.Module, str, str]:
-    """Where a hook site's units are read into the residual stream: (module, weight name, bias name)."""
-    return (getattr(model.blocks[site.layer], site.module), *_READOUT[site.name])
+def readout(model: HookedTransformer, site: Site) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight reading a hook site's units into the residual stream, and its bias (edited in place)."""
+    module = getattr(model.blocks[site.layer], site.module)
+    return tuple(getattr(module, n) for n in _READOUT[site.name])
+
+
+def weight_target(model: HookedTransformer, site: Site) -> tuple[nn.Module, str]:
+    """The module and attribute a weight mask parametrizes (the canonical Parameter itself)."""
+    return owner(model, site), site.name
+
+
+def weight_view(model: HookedTransformer, site: Site) -> torch.Tensor:
+    """The weight in canonical layout (in-place edits change the model)."""
+    return getattr(owner(model, site), site.name)
+
+
+def stored_layout(model: HookedTransformer, site: Site):
+    """How a canonical-layout mask is rearranged for the stored weight: HookedTransformer stores canonically."""
+    return lambda canonical: canonical
+
+
+def hook_point(model: HookedTransformer, site: Site) -> nn.Module:
+    """The HookPoint module of a hook site."""
+    return owner(model, site)
 
 
 def hook_broadcast(site: Site, gate: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import head, residual_before, run_from
+from kcs_tl.adapters import head, residual_before, run_from
 from kcs_tl.analysis.answer_metrics import Metric, answer_logits
 
 _NAME = "blocks.{}.mlp.hook_post"

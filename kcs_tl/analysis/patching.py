@@ -25,7 +25,7 @@ from torch import Tensor
 from transformer_lens.utilities import get_act_name
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import check_model, resolve_layers
+from kcs_tl.adapters import check_model, resolve_layers
 from kcs_tl.analysis.answer_metrics import METRICS, answer_logits, answer_metric
 from kcs_tl.analysis.components import component_key
 from kcs_tl.analysis.neuron_patching import patch_neurons
@@ -188,16 +188,19 @@ def attribute(model, prompts: KnowledgePrompts, granularity: str = "head", metri
     tokens, hooks = prompts.corrupted(corruption)
     acts = {}
 
-    def keep(act, hook):
-        acts[hook.name] = act
-        return act
+    def keep(name):  # keyed by the name asked for: a TransformerBridge's hook.name is its own (attn.o.hook_in)
+        def hook_fn(act, hook):
+            acts[name] = act
+            return act
+
+        return hook_fn
 
     def differentiable(embed, hook):  # a frozen model still gives gradients for its activations
         return embed if embed.requires_grad else embed.detach().requires_grad_()
 
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=[*hooks, ("hook_embed", differentiable),
-                                                         *[(n, keep) for n in names]])
+                                                         *[(n, keep(n)) for n in names]])
         grads = torch.autograd.grad(fn(answer_logits(logits, prompts.answer_pos)), [acts[n] for n in names])
     axis = _SITES[granularity][2]
     values = []

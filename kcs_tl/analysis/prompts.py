@@ -26,7 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import check_model
+from kcs_tl.adapters import check_model
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
 
 CORRUPTIONS = ("swap", "noise")

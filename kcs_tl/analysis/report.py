@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import check_model
+from kcs_tl.adapters import check_model
 from kcs_tl.analysis.comparison import Comparison, compare, random_components
 from kcs_tl.analysis.components import components
 from kcs_tl.analysis.heatmaps import heatmaps

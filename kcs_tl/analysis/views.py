@@ -27,7 +27,7 @@ from circuitsvis.tokens import colored_tokens
 from circuitsvis.topk_tokens import topk_tokens
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import check_model
+from kcs_tl.adapters import check_model
 from kcs_tl.analysis.components import components
 from kcs_tl.subnetwork import Subnetwork
 

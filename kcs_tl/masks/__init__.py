@@ -1,4 +1,4 @@
-"""Masks: relaxations, the attach mechanism, and trainable masks on a HookedTransformer."""
+"""Masks: relaxations, the attach mechanism, and trainable masks on a HookedTransformer or TransformerBridge."""
 
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import ABLATIONS, MODES, MaskedModel, attach_masks, mean_activations

@@ -23,22 +23,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from kcs_tl.adapters.hooked import Site, hook_broadcast, owner
+from kcs_tl.adapters import Site, activation_shape, hook_broadcast, hook_point, stored_layout, weight_target
 
 GateFn = Callable[[str], Tensor]
 ReplacementFn = Callable[[str], "Tensor | None"]
 
 
 class _WeightGate(nn.Module):
-    """Parametrization ``W -> W * gate(address)``."""
+    """Parametrization ``W -> W * gate(address)``, the gate rearranged from canonical to stored layout."""
 
-    def __init__(self, address: str, gate: GateFn):
+    def __init__(self, address: str, gate: GateFn, layout: Callable[[Tensor], Tensor]):
         super().__init__()
         self.address = address
         self._gate = gate
+        self._layout = layout
 
     def forward(self, weight: Tensor) -> Tensor:
-        return weight * self._gate(self.address).to(weight.dtype)
+        return weight * self._layout(self._gate(self.address)).to(weight.dtype)
 
 
 class Attachment:
@@ -65,24 +66,31 @@ class Attachment:
             raise
 
     def _install(self, site: Site) -> None:
-        target = owner(self.model, site)
-        masked = (parametrize.is_parametrized(target, site.name) if site.kind == "weight"
+        target, name = (weight_target(self.model, site) if site.kind == "weight"
+                        else (hook_point(self.model, site), None))
+        masked = (parametrize.is_parametrized(target, name) if site.kind == "weight"
                   else any(getattr(h, "kcs_tl_mask", False) for h in target._forward_hooks.values()))
         if masked:
             raise RuntimeError(f"{site.address} already carries a mask; detach the other one first")
         if site.kind == "weight":
-            parametrize.register_parametrization(target, site.name, _WeightGate(site.address, self._gate))
-            self._weights.append((target, site.name))
+            layout = stored_layout(self.model, site)
+            parametrize.register_parametrization(target, name, _WeightGate(site.address, self._gate, layout))
+            self._weights.append((target, name))
         else:
             self._hooks.append(target.register_forward_hook(self._hook_fn(site), prepend=True))
 
     def _hook_fn(self, site: Site):
+        # A bridge's hook point may carry heads flattened ([..., n_heads * d_head]): shape per position as the point does.
+        units = activation_shape(self.model, site)
+
         def gate_activation(module, inputs, output):
-            gate = hook_broadcast(site, self._gate(site.address)).to(output.dtype)
+            per_position = output.shape[2:]
+            gate = hook_broadcast(site, self._gate(site.address)).expand(units).reshape(per_position)
+            gate = gate.to(output.dtype)
             replacement = self._replacement(site.address)
             if replacement is None:
                 return output * gate
-            return output * gate + replacement.to(output.dtype) * (1 - gate)
+            return output * gate + replacement.reshape(per_position).to(output.dtype) * (1 - gate)
 
         gate_activation.kcs_tl_mask = True  # how _install recognises a mask already on a hook point
         return gate_activation

@@ -1,4 +1,4 @@
-"""MaskedModel: trainable mask scores attached to a HookedTransformer.
+"""MaskedModel: trainable mask scores attached to a HookedTransformer or TransformerBridge.
 
 A mask value m = 1 puts a unit in the subnetwork. In ``mode="remove"`` the model
 computes with 1 - m (the subnetwork is removed: the knowledge-critical search);
@@ -24,7 +24,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import (
+from kcs_tl.adapters import (
     HOOK_NAMES, Site, activation_shape, architecture, check_site, hook_site, resolve_layers, weight_site,
 )
 from kcs_tl.masks.attach import Attachment
@@ -111,7 +111,7 @@ class MaskedModel(nn.Module):
     """Mask scores for a set of sites, attached to ``model`` until ``detach()``.
 
     Args:
-        model: a ``HookedTransformer``; its weights are frozen while attached.
+        model: a ``HookedTransformer`` or ``TransformerBridge``; its weights are frozen while attached.
         weights: matrices to mask per element/row/column, from
             ``W_Q, W_K, W_V, W_O, W_in, W_out`` and ``W_gate`` (gated MLPs);
             ``None`` (the default) masks every one the architecture has

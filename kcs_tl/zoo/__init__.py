@@ -2,6 +2,7 @@
 
 >>> from kcs_tl import zoo
 >>> z = zoo.load("tiny-world")            # HookedTransformer + KnowledgeGraph + text
+>>> zb = zoo.load("tiny-world", model_class="bridge")   # the same weights as a TransformerBridge
 >>> z.model.to_str_tokens("A velmora is a type of")
 >>> target = z.target_kg(z.target_roots[0])   # an IsA subtree, 11-40 triplets
 
@@ -17,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ZooModel", "load", "available", "MODELS"]
+__all__ = ["ZooModel", "load", "available", "MODELS", "MODEL_CLASSES"]
 
 _HERE = Path(__file__).resolve().parent
 MODELS: dict[str, Path] = {"tiny-world": _HERE / "tiny_world"}
+MODEL_CLASSES = ("hooked", "bridge")  # HookedTransformer (TransformerLens 3.x) | TransformerBridge (3.9 and 4.x)
 DOWNLOADED = ("smollm2-135m",)
 """Real models whose weights come from an optional package (``kcs_tl.zoo.smollm2``)."""
 
@@ -43,7 +45,7 @@ class ZooModel:
     """
 
     name: str
-    model: Any  # transformer_lens.HookedTransformer
+    model: Any  # transformer_lens HookedTransformer or TransformerBridge (``load(model_class=...)``)
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     kg: Any  # kcs_tl.data.kg.KnowledgeGraph
     lm_text: dict[str, list[str]]
@@ -66,6 +68,19 @@ class ZooModel:
         return subtree(self.kg, root, "IsA")
 
 
+def _hooked(cfg: dict, state: dict, tokenizer, device: str):
+    """The shipped weights as a HookedTransformer (TransformerLens 3.x only)."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        raise ImportError("this TransformerLens has no HookedTransformer (4.x removed it); load the built-in "
+                          "model with zoo.load(name, model_class='bridge')") from None
+    model = HookedTransformer(HookedTransformerConfig(**cfg, device=device), tokenizer=tokenizer,
+                              move_to_device=False)
+    load_weights(model, state)
+    return model
+
+
 def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
@@ -79,13 +94,28 @@ def load_weights(model, state: dict) -> None:
                            f"unexpected {unexpected}")
 
 
-def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None) -> ZooModel:
+def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None,
+         model_class: str | None = None) -> ZooModel:
     """Load a built-in model offline (``path`` overrides the shipped directory, or the cache for a real model).
 
     ``"smollm2-135m"`` is SmolLM2-135M-Instruct (``kcs_tl.zoo.smollm2``) with the
-    shipped country facts as ``kg`` and Python's documentation as ``lm_text``.
+    shipped country facts as ``kg`` and Python's documentation as ``lm_text``
+    (a ``HookedTransformer``). For the built-in ``tiny-world``,
+    ``model_class="hooked"`` gives a ``HookedTransformer`` (TransformerLens 3.x);
+    ``"bridge"`` gives a ``TransformerBridge`` around an equivalent Hugging Face
+    GPT-2 holding the same weights (TransformerLens 3.9 and 4.x; same outputs).
+    ``None`` picks ``"hooked"`` where TransformerLens still has it, else ``"bridge"``.
     """
+    from kcs_tl import validate
+    from kcs_tl.adapters import hooked
+
+    if model_class is None:
+        model_class = "hooked" if hooked.HookedTransformer is not None else "bridge"
+    model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if name in DOWNLOADED:
+        if model_class != "hooked":
+            raise ValueError(f"zoo model {name!r} loads as a HookedTransformer only (model_class='hooked', "
+                             "TransformerLens 3.x)")
         return _load_smollm2(device, path)
     if path is None:
         if name not in MODELS:
@@ -98,7 +128,6 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
                                 f"`python -m kcs_tl.zoo.build --out {root}`")
 
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from kcs_tl.data.kg import KnowledgeGraph
     from kcs_tl.zoo.tokenizer import load_tokenizer
@@ -106,9 +135,13 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
 
     tokenizer = load_tokenizer(root / "tokenizer.json")
     cfg_dict = json.loads((root / "config.json").read_text())
-    cfg = HookedTransformerConfig(**cfg_dict["model"], device=device)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    load_weights(model, load_file(str(root / "model.safetensors"), device="cpu"))
+    state = load_file(str(root / "model.safetensors"), device="cpu")
+    if model_class == "bridge":
+        from kcs_tl.zoo.bridge import as_bridge
+
+        model = as_bridge(cfg_dict["model"], state, tokenizer)
+    else:
+        model = _hooked(cfg_dict["model"], state, tokenizer, device)
     if str(device) != "cpu":
         model.to(device)
     model.eval()

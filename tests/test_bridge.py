@@ -1,0 +1,327 @@
+"""TransformerBridge support: the same masks, gradients, ablations and results as on HookedTransformer.
+
+Runs under TransformerLens 3.9 (both classes; cross-class comparisons) and 4.x
+(bridge only: HookedTransformer no longer exists there, so the hooked variants
+are not collected). Every bridge is built offline from a Hugging Face model in
+memory, never downloaded.
+"""
+
+
+import pytest
+import torch
+from torch import nn
+
+import kcs_tl
+from kcs_tl import Subnetwork, attach_masks, discover, evaluate, zoo
+from kcs_tl.adapters import adapter, fingerprint, hooked, weight_site, weight_view
+from kcs_tl.adapters.bridge import TransformerBridge, wrap
+from kcs_tl.search import DiscoveryConfig
+from kcs_tl.zoo.bridge import gpt2
+
+from test_masks import one_unit_removed, set_scores
+
+HAS_HOOKED = hooked.HookedTransformer is not None
+CLASSES = ["hooked", "bridge"] if HAS_HOOKED else ["bridge"]  # TransformerLens 4.x: the bridge only
+needs_hooked = pytest.mark.skipif(not HAS_HOOKED, reason="compares with HookedTransformer (TransformerLens 3.x)")
+CFG = dict(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4, d_mlp=64, d_vocab=50, act_fn="gelu",
+           normalization_type="LN", positional_embedding_type="standard")
+ALL_SITES = dict(hooks=("attn.hook_z", "mlp.hook_post"), layers=[0, 1])
+
+
+def random_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in TransformerLens layout (what a HookedTransformer of CFG stores)."""
+    g = torch.Generator().manual_seed(seed)
+    c = CFG
+    shapes = {"embed.W_E": (c["d_vocab"], c["d_model"]), "pos_embed.W_pos": (c["n_ctx"], c["d_model"]),
+              "ln_final.w": (c["d_model"],), "ln_final.b": (c["d_model"],),
+              "unembed.W_U": (c["d_model"], c["d_vocab"]), "unembed.b_U": (c["d_vocab"],)}
+    for i in range(c["n_layers"]):
+        h, d, m, e = c["n_heads"], c["d_model"], c["d_mlp"], c["d_head"]
+        shapes |= {f"blocks.{i}.{k}": v for k, v in {
+            "ln1.w": (d,), "ln1.b": (d,), "ln2.w": (d,), "ln2.b": (d,),
+            "attn.W_Q": (h, d, e), "attn.W_K": (h, d, e), "attn.W_V": (h, d, e), "attn.W_O": (h, e, d),
+            "attn.b_Q": (h, e), "attn.b_K": (h, e), "attn.b_V": (h, e), "attn.b_O": (d,),
+            "mlp.W_in": (d, m), "mlp.b_in": (m,), "mlp.W_out": (m, d), "mlp.b_out": (d,)}.items()}
+    state = {k: torch.randn(v, generator=g) * 0.3 for k, v in shapes.items()}
+    for k in state:
+        if k.endswith(".w"):
+            state[k] = 1 + state[k] * 0.3
+    return state
+
+
+def build(model_class: str, tokenizer=None, seed: int = 0):
+    """A tiny GPT-2-style model of ``model_class`` with the weights of ``random_state(seed)``."""
+    state = random_state(seed)
+    if model_class == "bridge":
+        return wrap(gpt2(CFG, state), tokenizer).eval()
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    model = HookedTransformer(HookedTransformerConfig(**CFG), tokenizer=tokenizer)
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+@pytest.fixture(params=CLASSES)
+def model(request):
+    return build(request.param)
+
+
+@pytest.fixture
+def twins():
+    if not HAS_HOOKED:
+        pytest.skip("compares with HookedTransformer (TransformerLens 3.x)")
+    return build("hooked"), build("bridge")
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))
+
+
+def random_subnetwork(model, granularity="weight", hooks=(), seed=0) -> Subnetwork:
+    masked = attach_masks(model, hooks=hooks, layers=[0, 1], granularity=granularity)
+    with torch.no_grad():
+        for p in masked.scores.values():
+            p.normal_(generator=torch.Generator().manual_seed(seed))
+    sub = masked.to_subnetwork()
+    masked.detach()
+    return sub
+
+
+# -- the two classes compute the same thing ---------------------------------------------
+
+
+def test_bridge_of_the_same_weights_gives_the_same_logits_and_canonical_weights(twins, tokens):
+    ht, br = twins
+    assert isinstance(br, TransformerBridge) and adapter(br).__name__.endswith("bridge")
+    torch.testing.assert_close(br(tokens), ht(tokens), rtol=0, atol=2e-5)
+    assert fingerprint(br) == fingerprint(ht)
+    for name in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"):
+        site = weight_site(ht, 1, name)
+        assert weight_site(br, 1, name) == site
+        assert torch.equal(weight_view(br, site), weight_view(ht, site)), name
+
+
+@pytest.mark.parametrize("granularity", ["weight", "row", "column"])
+def test_a_subnetwork_gives_the_same_numbers_on_both_classes(twins, tokens, granularity):
+    ht, br = twins
+    sub = random_subnetwork(ht, granularity, hooks=("attn.hook_z", "mlp.hook_post"))
+    assert 0 < sub.n_in_subnetwork() < sum(s.expanded(a).numel() for a, s in [(a, sub) for a in sub.masks])
+    for context in ("removed", "kept_only"):
+        with getattr(sub, context)(ht):
+            expected = ht(tokens)
+        with getattr(sub, context)(br):
+            torch.testing.assert_close(br(tokens), expected, rtol=0, atol=2e-5)
+    assert not torch.allclose(expected, ht(tokens))  # the masks did change the output
+
+
+def test_a_saved_subnetwork_loads_and_applies_to_the_other_class(twins, tokens, tmp_path):
+    ht, br = twins
+    random_subnetwork(br, hooks=("mlp.hook_post",)).save(tmp_path / "sub")
+    sub = Subnetwork.load(tmp_path / "sub", model=ht)
+    with sub.removed(ht):
+        expected = ht(tokens)
+    torch.testing.assert_close(sub.apply(build("bridge"))(tokens), expected, rtol=0, atol=2e-5)
+
+
+# -- weight masks act on the modules that compute --------------------------------------
+
+
+def test_weight_masks_multiply_the_computing_modules_in_their_own_orientation(tokens):
+    """q/k/v are nn.Linear copies ([out, in]); o and the MLP are Conv1D ([in, out])."""
+    br = build("bridge")
+    g = torch.Generator().manual_seed(0)
+    edited = build("bridge")  # a bridge does not deepcopy once it has run
+    masks, sites = {}, {}
+    block = edited.blocks[1]
+    by_hand = {"W_Q": (block.attn.q, lambda m: m.permute(0, 2, 1).reshape(32, 32)),  # [h*d_head, d_model]
+               "W_O": (block.attn.o, lambda m: m.reshape(32, 32)),  # [h*d_head, d_model]
+               "W_in": (block.mlp.__getattr__("in"), lambda m: m),  # [d_model, d_mlp]
+               "W_out": (block.mlp.out, lambda m: m)}
+    assert isinstance(block.attn.q.original_component, nn.Linear)
+    assert type(block.mlp.out.original_component).__name__ == "Conv1D"
+    for name, (component, stored) in by_hand.items():
+        site = weight_site(br, 1, name)
+        masks[site.address] = torch.rand(site.shape, generator=g) < 0.4
+        sites[site.address] = site
+        with torch.no_grad():
+            component.original_component.weight.mul_(stored(~masks[site.address]).to(torch.float32))
+    sub = Subnetwork(masks, sites, fingerprint(br))
+    with sub.removed(br):
+        torch.testing.assert_close(br(tokens), edited(tokens), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sub.apply(build("bridge"))(tokens), edited(tokens), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("processing", [False, True])
+def test_masks_act_the_same_in_compatibility_mode(tokens, processing):
+    """enable_compatibility_mode() (3.x hook names; folded norms unless no_processing) keeps the computing modules."""
+    def compat():
+        br = build("bridge")
+        br.enable_compatibility_mode(no_processing=not processing)
+        return br
+
+    br, by_hand = compat(), compat()
+    site = weight_site(br, 1, "W_Q")
+    mask = torch.rand(site.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    with torch.no_grad():
+        by_hand.blocks[1].attn.q.original_component.weight.mul_(~mask.permute(0, 2, 1).reshape(32, 32))
+    with Subnetwork({site.address: mask}, {site.address: site}, fingerprint(br)).removed(br):
+        torch.testing.assert_close(br(tokens), by_hand(tokens), rtol=0, atol=1e-6)
+    masked = one_unit_removed(br, "attn.hook_z", 2)
+    _, cache = br.run_with_cache(tokens, names_filter=lambda n: n == "blocks.1.attn.hook_z")
+    assert torch.all(cache["blocks.1.attn.hook_z"][:, :, 2] == 0) and cache["blocks.1.attn.hook_z"].abs().sum() > 0
+    masked.detach()
+
+
+def test_llama_style_bridge_masks_its_linear_projections(tokens):
+    """Llama keeps q/k/v/o and the gated MLP as nn.Linear ([out, in]); grouped-query K/V; RMSNorm, rotary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def llama():
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                             architectures=["LlamaForCausalLM"])
+        return wrap(LlamaForCausalLM(config).eval())
+
+    br, by_hand = llama(), llama()
+    g = torch.Generator().manual_seed(0)
+    masks, sites = {}, {}
+    assert kcs_tl.architecture(br).weights == ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_gate")
+    for name, component, stored in (("W_K", by_hand.blocks[1].attn.k, lambda m: m.permute(0, 2, 1).reshape(16, 32)),
+                                    ("W_O", by_hand.blocks[1].attn.o, lambda m: m.reshape(32, 32).T),
+                                    ("W_in", getattr(by_hand.blocks[1].mlp, "in"), lambda m: m.T),
+                                    ("W_gate", by_hand.blocks[1].mlp.gate, lambda m: m.T),
+                                    ("W_out", by_hand.blocks[1].mlp.out, lambda m: m.T)):
+        site = weight_site(br, 1, name)
+        sites[site.address], masks[site.address] = site, torch.rand(site.shape, generator=g) < 0.5
+        with torch.no_grad():
+            component.original_component.weight.mul_(stored(~masks[site.address]))
+    with Subnetwork(masks, sites, fingerprint(br)).removed(br):
+        torch.testing.assert_close(br(tokens), by_hand(tokens), rtol=0, atol=1e-6)
+    masked = attach_masks(br, relaxation="sigmoid", init_prob=0.5, **ALL_SITES).train()
+    masked(tokens).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in masked.scores.values())
+
+
+def test_open_masks_give_identical_logits_and_detach_is_bit_identical(model, tokens):
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    reference = model(tokens)
+    masked = attach_masks(model, **ALL_SITES)
+    set_scores(masked, -1e4)
+    masked.eval()
+    assert torch.equal(masked(tokens), reference)
+    masked.detach()
+    after = dict(model.named_parameters())
+    assert all(after[n] is params[n] and torch.equal(after[n], before[n]) for n in params)
+    assert torch.equal(model(tokens), reference)
+
+
+# -- neuron and head masks through the hook points -------------------------------------
+
+
+def test_mask_gradients_arrive_at_every_score(model, tokens):
+    # Soft gates: a hard draw may remove every head of a layer, and then its weights rightly get no gradient.
+    masked = attach_masks(model, relaxation="sigmoid", init_prob=0.5, **ALL_SITES).train()
+    (masked(tokens).logsumexp(-1).mean() + masked.expected_density()).backward()
+    for name, p in masked.scores.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    masked.check_frozen()
+
+
+def test_mask_gradients_are_the_same_on_both_classes(twins, tokens):
+    grads = []
+    for m in twins:
+        masked = attach_masks(m, relaxation="sigmoid", init_prob=0.5, **ALL_SITES).eval()
+        masked(tokens).log_softmax(-1)[..., 3].sum().backward()
+        grads.append({k: p.grad for k, p in masked.scores.items()})
+        masked.detach()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-3, atol=1e-5)
+
+
+def test_head_gate_at_zero_equals_zero_ablating_hook_z(model, tokens):
+    """On either class (this test moved here from test_masks.py to run on both)."""
+    def zero_head(z, hook):
+        z[:, :, 2] = 0
+        return z
+
+    expected = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z", zero_head)])
+    assert not torch.allclose(expected, model(tokens))
+    masked = one_unit_removed(model, "attn.hook_z", 2)
+    torch.testing.assert_close(masked(tokens), expected, rtol=0, atol=1e-6)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "blocks.1.attn.hook_z")
+    assert torch.all(cache["blocks.1.attn.hook_z"][:, :, 2] == 0)  # user caches see the masked activation
+
+
+@pytest.mark.parametrize("hook,index", [("attn.hook_z", 1), ("mlp.hook_post", 7)])
+def test_ablations_change_the_output_exactly_as_on_hooked_transformer(twins, tokens, hook, index):
+    outputs = []
+    for m in twins:
+        masked = one_unit_removed(m, hook, index, ablation="mean", reference=tokens)
+        outputs.append(masked(tokens))
+        masked.detach()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=2e-5)
+
+
+# -- every public entry point takes either class, and refuses anything else ----------------
+
+
+def test_anything_else_is_refused_naming_both_classes(tokens):
+    for call in (lambda: attach_masks(nn.Linear(3, 3)),
+                 lambda: discover(nn.Linear(3, 3), None, None, None),
+                 lambda: weight_site(nn.Linear(3, 3), 0, "W_Q")):
+        with pytest.raises(TypeError, match="HookedTransformer.*TransformerBridge"):
+            call()
+    sub = random_subnetwork(build("bridge"))
+    with pytest.raises(TypeError, match="HookedTransformer.*TransformerBridge"):
+        evaluate(nn.Linear(3, 3), sub, None, None, tokens)
+
+
+def test_zoo_model_class_is_checked():
+    with pytest.raises(ValueError, match=r"model_class must be one of \('hooked', 'bridge'\)"):
+        zoo.load("tiny-world", model_class="bridged")
+
+
+# -- the built-in model, discover + evaluate, on either class -------------------------
+
+
+@pytest.fixture(scope="module")
+def builtin_pair():
+    from kcs_tl.zoo.task import forgetting_task
+
+    zb = zoo.load("tiny-world", model_class="bridge")
+    return zb, forgetting_task(zb, 0, n_control=60, n_blocks=12)
+
+
+def test_builtin_model_as_a_bridge_discovers_and_evaluates(builtin_pair):
+    zb, task = builtin_pair
+    cfg = DiscoveryConfig(steps=6, kg_batch_size=16, lm_batch_size=2, lm_block_len=32, eval_every=3,
+                          progress=False, seed=0)
+    found = discover(zb.model, task.target, task.control, task.lm, cfg)
+    ev = evaluate(zb.model, found.subnetwork, task.target, task.control, task.lm[:4], n_random=1)
+    assert 0 < found.subnetwork.sparsity() < 1
+    assert ev.value("target", "original", "top1") > 0.5
+    if HAS_HOOKED:  # the same search on the same weights through HookedTransformer finds the same subnetwork
+        zh = zoo.load("tiny-world")
+        found_h = discover(zh.model, task.target, task.control, task.lm, cfg)
+        assert found_h.subnetwork.jaccard(found.subnetwork) > 0.99
+        ev_h = evaluate(zh.model, found.subnetwork, task.target, task.control, task.lm[:4], n_random=1)
+        diff = (ev.table.set_index(["set", "model", "metric"]).value
+                - ev_h.table.set_index(["set", "model", "metric"]).value).abs()
+        rel = diff / ev_h.table.set_index(["set", "model", "metric"]).value.abs().clip(lower=1)
+        assert rel.max() < 1e-3, rel.sort_values().tail()
+
+
+@needs_hooked
+@pytest.mark.parametrize("granularity", ["head", "neuron", "mlp_pos"])
+def test_patching_and_attribution_give_the_same_effects_on_both_classes(toy, granularity):
+    from kcs_tl.analysis import attribute, knowledge_prompts, patch
+
+    model, target, control, _ = toy
+    bridge = wrap(gpt2({k: getattr(model.cfg, k) for k in CFG}, model.state_dict()), model.tokenizer).eval()
+    prompts = {m: knowledge_prompts(m, target, pool=control) for m in (model, bridge)}
+    for method in (patch, attribute):
+        expected, got = (method(m, prompts[m], granularity).table.effect for m in (model, bridge))
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
