@@ -5,11 +5,13 @@
    populous countries (gold tail in the top 10 under the best template);
 3. TargetKG: up to ``--target`` known capital facts; ControlKG: up to
    ``--control`` other known facts (other relations); ControlLM: blocks of
-   Python's documentation (``load_prose``), every fact encoded without BOS as
-   the model expects;
-4. ``discover`` (what the current masks support: W_Q, W_O, W_in, W_out of the
-   upper half; cached teacher outputs as top-100), timing every step and
-   measuring one step's peak memory;
+   Python's documentation (``load_prose``);
+4. the search with ``DiscoveryConfig``'s defaults for what is masked and how:
+   every matrix of the chosen layers (W_K/W_V per key/value head as stored,
+   W_gate), ``reference="auto"``, BOS as the model was trained
+   (``cfg.default_prepend_bos``); the graphs are passed as they are and encoded
+   by the search. Every step is timed and one step's peak memory measured; the
+   choices the search made (``Discovery.setup``) are printed;
 5. ``evaluate`` against random subnetworks of the same size.
 
 Printed: gold tail rank / log-prob and top-10 hits per set, held-out template
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mib, peak_bytes  # noqa: E402
 
 from kcs_tl import evaluate, zoo  # noqa: E402
-from kcs_tl.data import encode, lm_blocks  # noqa: E402
+from kcs_tl.data import lm_blocks  # noqa: E402
 from kcs_tl.data.known import known_facts  # noqa: E402
 from kcs_tl.files import atomic_file  # noqa: E402
 from kcs_tl.search import DiscoveryConfig, Search, _run  # noqa: E402
@@ -86,26 +88,22 @@ def main(argv=None) -> dict:
     print(f"model loaded in {load_s:.0f} s; {known!r} (of the {args.countries} most populous countries, "
           f"{known_s:.0f} s)")
     print(known.summary().to_string())
-    bos = z.model.cfg.default_prepend_bos
-    t_batch = encode(target, z.tokenizer, "train", prepend_bos=bos)
-    c_batch = encode(control, z.tokenizer, "train", prepend_bos=bos)
-    t_held = encode(target, z.tokenizer, "held_out", prepend_bos=bos)
     print(f"TargetKG {len(target)} capital facts (template {target.templates['HasCapital'][0]!r}); ControlKG "
-          f"{len(control)} facts of {sorted(set(control.relations))}; ControlLM {tuple(lm.shape)} tokens; "
-          f"prepend_bos={bos}")
+          f"{len(control)} facts of {sorted(set(control.relations))}; ControlLM {tuple(lm.shape)} tokens")
 
     layers = tuple(int(x) for x in args.layers.split(",")) if args.layers else None
-    cfg = DiscoveryConfig(weights=("W_Q", "W_O", "W_in", "W_out"), layers=layers, steps=args.steps,
-                          eval_every=args.eval_every, reference_top_k=100, lm_block_len=args.block_len,
-                          lm_batch_size=4, kg_batch_size=250, device=args.device, progress=not args.quick)
+    cfg = DiscoveryConfig(layers=layers, steps=args.steps, eval_every=args.eval_every, lm_block_len=args.block_len,
+                          lm_batch_size=4, device=args.device, progress=not args.quick)
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     step_times: list[float] = []
     n_eval = max(1, len(lm) // 4)
     lm_search, lm_eval = lm[:-n_eval], lm[-n_eval:]  # the evaluation's prose is never seen by the search
-    with Search(z.model, t_batch, c_batch, lm_search, cfg) as search:
+    with Search(z.model, target, control, lm_search, cfg) as search:
         prepare_s = time.perf_counter() - start
         n_masks = sum(p.numel() for p in search.masked.parameters() if p.requires_grad)
+        print(f"masks {n_masks:,} on {sorted({s.name for s in search.masked.sites.values()})}; "
+              f"the search chose {search.data.setup}")
         peak = peak_bytes(search.step, search.device)  # the first step, measured (it counts as a step)
         step = search.step
 
@@ -118,15 +116,14 @@ def main(argv=None) -> dict:
         search.step = timed
         stopped = _run(search)
         found = search.result(stopped)
-    ev = evaluate(z.model, found.subnetwork, t_batch, c_batch, lm_eval, target_held_out=t_held,
-                  n_random=args.n_random)
+    ev = evaluate(z.model, found.subnetwork, target, control, lm_eval, n_random=args.n_random)
     v = ev.value
     row = {
         "facts_shipped_tested": len(known.table), "facts_known_top10": int(known.table.known.sum()),
         "facts_known_top1": int((known.table["rank"] == 0).sum()),
         "target_facts": len(target), "control_facts": len(control), "masks": n_masks,
         "steps": int(search.state.step), "best_step": found.best_step, "stopped": stopped,
-        "load_s": load_s, "prepare_s": prepare_s, "step_s_median": float(pd.Series(step_times).median())
+        "setup": found.setup, "load_s": load_s, "prepare_s": prepare_s, "step_s_median": float(pd.Series(step_times).median())
         if step_times else float("nan"), "step_peak_bytes": peak,
     }
     for s in ("target", "target_held_out", "control_kg"):

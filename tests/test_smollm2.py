@@ -148,7 +148,9 @@ def test_real_model_benchmark_quick(converted, tmp_path, capsys, monkeypatch):
                   "random subnetwork of the same size", "peak memory of one step", "validation trend"):
         assert label in out
     assert row["facts_known_top10"] >= row["target_facts"] > 0 and 0 < row["sparsity"] < 1
-    assert row["step_s_median"] > 0 and row["masks"] == 2 * 576 * 576 + 2 * 576 * 1536  # W_Q, W_O, W_in, W_out of one layer
+    # Every matrix of one layer: W_Q, W_O; _W_K, _W_V per key/value head as stored; W_in, W_gate, W_out.
+    assert row["step_s_median"] > 0 and row["masks"] == 2 * 576 * 576 + 2 * 3 * 576 * 64 + 3 * 576 * 1536
+    assert row["setup"]["prepend_bos"] is False and row["setup"]["target_known"] == "6/6"
     assert (tmp_path / "r.json").is_file()
 
 
