@@ -10,6 +10,10 @@ try:
 except ImportError:  # TransformerLens 4.x: only the bridge tests (tests/test_bridge.py) run there
     HookedTransformer = HookedTransformerConfig = None
 
+# The test models are tiny: a second intra-op thread gains nothing, and on a shared 2-core machine
+# it loses a great deal (a CI run spent 17 CPU-minutes in the demo test, 35 s with one thread).
+torch.set_num_threads(1)
+
 
 def tiny_model(seed: int = 0, n_layers: int = 2, d_mlp: int = 64) -> HookedTransformer:
     cfg = HookedTransformerConfig(
