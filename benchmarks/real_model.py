@@ -20,7 +20,8 @@ included, prose perplexity, sparsity, each next to the closing-note bar
 hits, perplexity rise <= 5%, sparsity >= 98%, random subnetworks change
 nothing beyond noise), the validation trend, step time and peak memory.
 
-    python benchmarks/real_model.py --steps 100      # the CPU run reported in docs/real-model.md
+    python benchmarks/real_model.py --steps 150 --layers 24,25,26,27,28,29   # docs/real-model.md's CPU run
+                                     # (Ctrl-C ends the search early; the best checkpoint is evaluated)
     python benchmarks/real_model.py --quick          # seconds of search: checks the printed fields
 """
 
