@@ -326,10 +326,15 @@ def _benchmark():
 
 
 def test_benchmark_quick_sequential(tmp_path, capsys):
-    report = _benchmark().main(["--quick", "--modes", "sequential", "--out", str(tmp_path)])
+    import torch
+
+    threads = torch.get_num_threads()
+    report = _benchmark().main(["--quick", "--modes", "sequential", "--sequential-threads", "2", "--out",
+                                str(tmp_path)])
     out = capsys.readouterr().out
     assert len(report["runs"]) == 4 and len(report["stability"]) == 2 and report["wall_s"]["sequential"] > 0
     assert "sequential: 4 runs" in out and "seed stability" in out and "runs meeting every criterion" in out
+    assert "sequential on 2 torch thread(s)" in out and torch.get_num_threads() == threads
 
 
 @pytest.mark.slow
