@@ -120,7 +120,7 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
     ``with_report`` is False) then replaces them in one step.
     """
     check_writable(out, overwrite)
-    bos = model.cfg.default_prepend_bos if cfg.prepend_bos is None else cfg.prepend_bos
+    bos = cfg.bos(model)
     blocks = lm_text if isinstance(lm_text, torch.Tensor) else lm_blocks(
         lm_text, model.tokenizer, min(cfg.lm_block_len, model.cfg.n_ctx), prepend_bos=bos)
     start = time.perf_counter()
@@ -129,7 +129,8 @@ def run(model, target: KnowledgeGraph, control: KnowledgeGraph, lm_text, cfg: Di
     title = f"Knowledge-critical subnetwork for {target.name or 'TargetKG'}"
     write_result(out, overwrite, found)
     try:
-        result = evaluate(model, found.subnetwork, target, control, blocks, n_random=n_random, seed=cfg.seed)
+        result = evaluate(model, found.subnetwork, target, control, blocks, n_random=n_random, seed=cfg.seed,
+                          prepend_bos=bos)
     except KeyboardInterrupt:
         print(f"interrupted during the evaluation; the subnetwork found is saved in {out / 'subnetwork'} "
               f"(not evaluated: `kcs-tl evaluate --subnetwork {out / 'subnetwork'} ...`)", file=sys.stderr)

@@ -144,6 +144,10 @@ class DiscoveryConfig:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
         return cls(**(presets[name] | overrides))
 
+    def bos(self, model) -> bool:
+        """Whether facts and LM blocks start with BOS: ``prepend_bos``, or the model's own convention."""
+        return model.cfg.default_prepend_bos if self.prepend_bos is None else self.prepend_bos
+
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
@@ -360,7 +364,7 @@ def _prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device
     """
     if start is None:
         start = min(s.layer for s in plan_sites(model, cfg.weights, cfg.hooks, cfg.layers, cfg.granularity).values())
-    bos = model.cfg.default_prepend_bos if cfg.prepend_bos is None else cfg.prepend_bos
+    bos = cfg.bos(model)
     if isinstance(target, KnowledgeGraph) and isinstance(control_kg, KnowledgeGraph):
         check_disjoint(target, control_kg)
     t = _as_kg_batch(target, model, "target", bos).to(device)

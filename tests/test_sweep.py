@@ -352,3 +352,12 @@ def test_configs_dict_is_one_variant_or_named():
     assert len(expand("tiny-world", [0], {"criteria": {"sparsity_min": 0.9}})) == 1
     named = expand("tiny-world", [0], {"weights": {}, "rows": {"granularity": "row"}})
     assert [r.settings for r in named] == ["weights", "rows"] and named[1].config["granularity"] == "row"
+
+
+@pytest.mark.parametrize("prepend_bos", [None, True, False])
+def test_a_run_tokenises_its_lm_text_as_discover_does(tasks, prepend_bos):
+    run = expand(LOADER, tasks[:1], [QUICK | {"prepend_bos": prepend_bos}], [0])[0]
+    model, zoo_model = worker.build_model(run.model)
+    blocks = worker.build_task(run, model, zoo_model)[2]
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    assert bool((blocks[:, 0] == model.tokenizer.bos_token_id).all()) == bos

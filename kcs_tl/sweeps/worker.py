@@ -74,9 +74,10 @@ def build_task(run: Run, model, zoo_model):
     from kcs_tl.cli import load_kg
     from kcs_tl.data import lm_blocks
 
-    block_len = min(run.config["lm_block_len"], model.cfg.n_ctx)
+    cfg = run.discovery_config()
+    block_len = min(cfg.lm_block_len, model.cfg.n_ctx)
     return (load_kg(run.task["target"]), load_kg(run.task["control"]),
-            lm_blocks(run.task["lm"], model.tokenizer, block_len))
+            lm_blocks(run.task["lm"], model.tokenizer, block_len, prepend_bos=cfg.bos(model)))
 
 
 def read_record(folder: Path) -> dict | None:
@@ -129,7 +130,8 @@ def _run_one(run: Run, out_dir: Path) -> dict:
         if found.stopped.startswith("interrupted"):
             raise KeyboardInterrupt  # a partial search must not be recorded as a finished run
         search_s = time.perf_counter() - start
-        ev = evaluate(model, found.subnetwork, target, control, lm, n_random=run.n_random, seed=run.seed)
+        ev = evaluate(model, found.subnetwork, target, control, lm, n_random=run.n_random, seed=run.seed,
+                      prepend_bos=cfg.bos(model))
         row = headline(ev, cfg.criteria)
         if run.n_random:
             row["random_target_top1"] = ev.value("target", "random", "top1")
