@@ -422,15 +422,14 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
     lm_rows = _rows(len(data.lm), cfg.lm_batch_size, gen).to(data.lm.device)
     t_width, c_width = t.tokens.shape[1], c.tokens.shape[1]
     out = {}
+    t_resid = data.target_resid[t_rows.to(data.target_resid.device), :t_width]
+    c_resid = data.control_resid[c_rows.to(data.control_resid.device), :c_width]
     with masked.step():
         # Only the masked layers run; the KG sentences are unembedded at tail-predicting positions only.
-        final = run_from(model, _stack(data.target_resid[t_rows.to(data.target_resid.device), :t_width],
-                                       data.control_resid[c_rows.to(data.control_resid.device), :c_width]),
-                         data.start)
+        final = run_from(model, _stack(t_resid, c_resid), data.start)
         t_logits = head(model, final[: len(t), :t_width][t.label_mask]).float()
         c_logits = head(model, final[len(t):, :c_width][c.label_mask]).float()
         out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
-        c_resid = data.control_resid[c_rows.to(data.control_resid.device), :c_width]
         if data.control_ref is None:
             ref = _teacher(masked, c_resid, data.start, c.label_mask)
         else:
