@@ -84,10 +84,11 @@ def _knowledge_rows(model, task, methods, sizes, config) -> list[dict]:
     rows = []
     for sparsity in sizes or [config.target_sparsity]:
         cfg = dataclasses.replace(config, target_sparsity=sparsity)
-        found, wall, passes = _timed(model, lambda: discover(model, task.target, task.control, task.lm, cfg))
+        found, found_wall, found_passes = _timed(model, lambda: discover(model, task.target, task.control, task.lm,
+                                                                         cfg))
         for m in methods:
             if m == "discover":
-                sub = found.subnetwork
+                sub, wall, passes = found.subnetwork, found_wall, found_passes
             else:
                 sub, wall, passes = _timed(model, lambda m=m: weight_baseline(
                     model, found.subnetwork, m, gold_logprob, seed=config.seed))
