@@ -130,15 +130,10 @@ class Intervention:
 
 def _read_effect(model, masked: MaskedModel, task: InterventionTask) -> tuple[float, int]:
     """Train effect and size of the deterministic gates."""
-    masked.eval()
-    try:
-        with torch.no_grad():
-            p = task.train.to(next(model.parameters()).device)
-            effect = task.effect(p.read(model(p.tokens)), p)
-        size = int(sum(masked.relaxation.binarize(masked.score(a)).sum() for a in masked.sites))
-    finally:
-        masked.train()
-    return effect, size
+    with masked.binary(), torch.no_grad():
+        p = task.train.to(next(model.parameters()).device)
+        effect = task.effect(p.read(model(p.tokens)), p)
+    return effect, int(sum(m.sum() for m in masked.binary_masks().values()))
 
 
 def _held_size(config: InterventionConfig, step: int, total_units: int) -> float:
