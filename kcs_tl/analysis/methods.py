@@ -47,18 +47,18 @@ def _intervention_rows(model, task, methods, sizes, config, steps) -> list[dict]
     for size in sizes:
         like, found = None, {}
         for m in [m for m in methods if m in METHODS]:
-            r = find_interventions(model, task, dataclasses.replace(config, method=m, target_units=size))
-            found[m] = (r.subnetwork, r.wall_s, r.forward_passes)
+            r = find_interventions(model, task, dataclasses.replace(config, method=m, target_units=size), n_random=0)
+            found[m] = (r.subnetwork, r.wall_s, r.forward_passes, r.effect)
             like = like or r.subnetwork
         for m in methods:
             if m in METHODS:
-                sub, wall, passes = found[m]
+                sub, wall, passes, ev = found[m]
             else:
                 sub, wall, passes = _timed(model, lambda m=m: unit_baseline(
                     model, task, m, like=like, size=None if like else size, hooks=config.hooks,
                     layers=config.layers, ablation="zero" if config.ablation == "zero" else "mean",
                     steps=steps, seed=config.seed))
-            ev = evaluate_intervention(model, task, sub, n_random=0)
+                ev = evaluate_intervention(model, task, sub, n_random=0)
             name = "test_" + task.effect_name
             rows.append({"method": m, "size": size, "n_units": sub.n_in_subnetwork(),
                          "target_effect": ev.value("intervened", name), "target_original": ev.value("original", name),

@@ -69,16 +69,16 @@ def cmd_interventions(args) -> None:
     start = time.perf_counter()
     history = None
     if args.method in METHODS:
-        found = find_interventions(z.model, task, config)
-        sub, history, passes = found.subnetwork, found.history, found.forward_passes
+        found = find_interventions(z.model, task, config, n_random=args.n_random, seed=args.seed)
+        sub, history, passes, effect = found.subnetwork, found.history, found.forward_passes, found.effect
+        seconds = found.wall_s
     else:
         with count_forwards(z.model) as count:
             sub = unit_baseline(z.model, task, args.method, size=args.units, hooks=config.hooks,
                                 layers=config.layers, ablation="zero" if args.ablation == "zero" else "mean",
                                 seed=args.seed)
-        passes = count.calls
-    seconds = time.perf_counter() - start
-    effect = evaluate_intervention(z.model, task, sub, n_random=args.n_random, seed=args.seed)
+        passes, seconds = count.calls, time.perf_counter() - start
+        effect = evaluate_intervention(z.model, task, sub, n_random=args.n_random, seed=args.seed)
     with result_folder(args.out, args.overwrite) as tmp:
         sub.save(tmp / "subnetwork")
         effect.table.to_csv(tmp / "effect.csv", index_label="variant")

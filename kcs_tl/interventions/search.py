@@ -143,9 +143,15 @@ def _held_size(config: InterventionConfig, step: int, total_units: int) -> float
     return config.target_units + (start - config.target_units) * left
 
 
-def find_interventions(model, task: InterventionTask, config: InterventionConfig | None = None) -> Intervention:
-    """Search gates on ``task`` (see the module docstring); the model is left as it was."""
+def find_interventions(model, task: InterventionTask, config: InterventionConfig | None = None, *,
+                       n_random: int = 3, seed: int = 0) -> Intervention:
+    """Search gates on ``task`` (see the module docstring); the model is left as it was.
+
+    The result's ``effect`` is ``evaluate_intervention(..., n_random=n_random, seed=seed)``.
+    """
     check_model(model)
+    n_random = validate.integer("n_random", n_random, 0)
+    seed = validate.integer("seed", seed, 0)
     if not isinstance(task, InterventionTask):
         raise TypeError(f"task must be an InterventionTask (agreement_task, gender_task or prompt_task), "
                         f"got {validate.given(task)}")
@@ -218,5 +224,5 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
         subnetwork = masked.to_subnetwork(intervention=config.to_json(), task=task.name)
     finally:
         masked.detach()
-    effect = evaluate_intervention(model, task, subnetwork)
+    effect = evaluate_intervention(model, task, subnetwork, n_random=n_random, seed=seed)
     return Intervention(subnetwork, effect, pd.DataFrame(history), count.calls, wall, config)
