@@ -102,15 +102,18 @@ def evaluate_intervention(model, task: InterventionTask, subnetwork: Subnetwork,
     subnetwork.check_model(model)
     n_random = validate.integer("n_random", n_random, 0)
     seed = validate.integer("seed", seed, 0)
-    reference = Reference.from_logits(lm_logits(model, task.lm_test), None)
+    original_lm = lm_logits(model, task.lm_test)
+    reference = Reference.from_logits(original_lm, None)
 
-    def scores(ctx) -> dict[str, float]:
+    def scores(ctx, lm: Tensor | None = None) -> dict[str, float]:
+        """The effect and LM scores under ``ctx``; ``lm``: its LM logits when already computed."""
         with ctx:
             row = {f"test_{task.effect_name}": task.effect(prompt_logits(model, task.test), task.test),
                    f"train_{task.effect_name}": task.effect(prompt_logits(model, task.train), task.train)}
-            return row | _lm_scores(lm_logits(model, task.lm_test), task.lm_test, reference)
+            lm = lm_logits(model, task.lm_test) if lm is None else lm
+            return row | _lm_scores(lm, task.lm_test, reference)
 
-    rows = {"original": scores(nullcontext()), "intervened": scores(subnetwork.removed(model))}
+    rows = {"original": scores(nullcontext(), original_lm), "intervened": scores(subnetwork.removed(model))}
     if n_random:
         runs = pd.DataFrame([scores(random_like(subnetwork, seed + i).removed(model)) for i in range(n_random)])
         rows["random"] = runs.mean().to_dict()
