@@ -74,7 +74,7 @@ def _knowledge_rows(model, task, methods, sizes, config) -> list[dict]:
     config = config or DiscoveryConfig(progress=False)
     if not isinstance(config, DiscoveryConfig):
         raise TypeError(f"config must be a DiscoveryConfig for a knowledge task, got {validate.given(config)}")
-    batch = encode(task.target, model.tokenizer)
+    batch = encode(task.target, model.tokenizer, prepend_bos=config.bos(model))
 
     def gold_logprob(m):  # what removing the subnetwork should lower
         lp = m(batch.tokens.to(next(m.parameters()).device)).float().log_softmax(-1)
