@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from kcs_tl.precision import at_least_fp32
+
 SUPPRESSIONS = ("kl_uniform", "entropy", "margin")
 
 
@@ -77,7 +79,7 @@ class Reference:
     def from_logits(cls, logits: Float[Tensor, "n vocab"], top_k: int | None,
                     dtype: torch.dtype = torch.float32) -> "Reference":
         """The distribution of ``logits``: all of it, or its ``top_k`` tokens; ``probs`` stored as ``dtype``."""
-        logp = logits.float().log_softmax(-1)
+        logp = at_least_fp32(logits).log_softmax(-1)
         if top_k is not None and top_k < logp.shape[-1]:
             logp, indices = logp.topk(top_k, dim=-1)
         else:

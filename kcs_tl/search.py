@@ -49,6 +49,7 @@ from kcs_tl.masks.masked_model import MaskedModel, plan_sites
 from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
 from kcs_tl.metrics import Criteria, kg_metrics, lm_metrics, score_kg, score_lm
 from kcs_tl.objectives import SUPPRESSIONS, Lagrangian, Reference, sparsity_weight, suppression
+from kcs_tl.precision import at_least_fp32
 from kcs_tl.subnetwork import Subnetwork
 from kcs_tl.teacher import REFERENCES, plan_reference
 
@@ -427,8 +428,8 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
     with masked.step():
         # Only the masked layers run; the KG sentences are unembedded at tail-predicting positions only.
         final = run_from(model, _stack(t_resid, c_resid), data.start)
-        t_logits = head(model, final[: len(t), :t_width][t.label_mask]).float()
-        c_logits = head(model, final[len(t):, :c_width][c.label_mask]).float()
+        t_logits = at_least_fp32(head(model, final[: len(t), :t_width][t.label_mask]))
+        c_logits = at_least_fp32(head(model, final[len(t):, :c_width][c.label_mask]))
         out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
         if data.control_ref is None:
             ref = _teacher(masked, c_resid, data.start, c.label_mask)
@@ -444,7 +445,7 @@ def _losses(masked: MaskedModel, data: _Data, cfg: DiscoveryConfig, step: int, g
             out["control_lm"] = sum(_lm_kl(masked, data, rows, cfg.control_lm_weight / n) for rows in chunks) / n
         if cfg.expression_weight:
             with masked.as_mode("keep"):
-                kept = model(t.tokens)[t.label_mask].float()
+                kept = at_least_fp32(model(t.tokens)[t.label_mask])
             out["expression"] = F.cross_entropy(kept, t.labels[t.label_mask])
     density = masked.expected_density()
     out["density"] = density
@@ -467,7 +468,7 @@ def _lm_kl(masked: MaskedModel, data: _Data, lm_rows: Int[Tensor, "rows"],
     """
     model = masked.model
     resid = data.lm_resid[lm_rows]
-    logits = head(model, run_from(model, resid, data.start)).float().flatten(0, 1)
+    logits = at_least_fp32(head(model, run_from(model, resid, data.start))).flatten(0, 1)
     if data.lm_ref is None:
         ref = _teacher(masked, resid, data.start)
     else:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random HookedTransformers built offline."""
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ except ImportError:  # TransformerLens 4.x: only the bridge tests (tests/test_br
 
 # The test models are tiny: a second intra-op thread gains nothing, and on a shared 2-core machine
 # it loses a great deal (a CI run spent 17 CPU-minutes in the demo test, 35 s with one thread).
-torch.set_num_threads(1)
+# An explicit OMP_NUM_THREADS wins, so the suite can be run with other thread counts on purpose.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
 
 
 def tiny_model(seed: int = 0, n_layers: int = 2, d_mlp: int = 64) -> HookedTransformer:

@@ -55,7 +55,10 @@ def test_components_aggregate_a_hand_made_mask_to_known_fractions(model):
 
 @pytest.fixture
 def prompts(toy):
+    """The toy world's knowledge prompts, on its model in float64: the patchers compared below compute
+    the same effects in other orders (batched, chunked, by TransformerLens), which float32 shows."""
     model, target, control, _ = toy
+    model = model.to(torch.float64)
     return model, knowledge_prompts(model, target, pool=control)
 
 
@@ -80,7 +83,9 @@ def test_head_patching_equals_transformer_lens(prompts):
     fn = answer_metric("logit_diff", p.gold, p.counter, answer_logits(clean_logits, p.answer_pos))
     theirs = tl_patching.get_act_patch_attn_head_out_all_pos(
         model, p.swapped, cache, lambda logits: fn(answer_logits(logits, p.answer_pos)))
-    assert torch.allclose(torch.tensor(ours.matrix("value").to_numpy(), dtype=torch.float32), theirs, atol=1e-5)
+    # float64 effects that agree to ~1e-14, each rounded to float32 by its metric: one ulp apart at most
+    torch.testing.assert_close(torch.tensor(ours.matrix("value").to_numpy(), dtype=torch.float64), theirs.double(),
+                               rtol=2.4e-7, atol=1e-9)
     restored = patch(model, p, "attn_layer", "kl", "noise")
     assert restored.clean == 0 and restored.corrupted > 0 and len(restored.table) == 2
 
@@ -94,7 +99,8 @@ def test_batched_neuron_patcher_equals_one_neuron_at_a_time(prompts):
         clean = {0: cache["post", 0]}
         batched = patch_neurons(model, tokens, clean, fn, p.answer_pos, [0], hooks, max_memory_mb=0.05)
         looped = patch_neurons_looped(model, tokens, clean, fn, p.answer_pos, [0], hooks)
-        assert torch.allclose(batched, looped, atol=1e-4), corruption
+        # both in float64, rounded to float32 by the same code at the end: one ulp apart at most
+        torch.testing.assert_close(batched, looped, rtol=2.4e-7, atol=1e-9, msg=corruption)
     result = patch(model, p, "neuron", layers=[1])
     assert list(result.table.component[:2]) == ["L1N0", "L1N1"] and len(result.table) == 64
 

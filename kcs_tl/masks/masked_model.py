@@ -29,6 +29,7 @@ from kcs_tl.adapters import (
 )
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.relaxations import Relaxation, get_relaxation
+from kcs_tl.precision import at_least_fp32
 
 MODES = ("remove", "keep")
 ABLATIONS = ("zero", "mean", "learned")
@@ -104,7 +105,7 @@ def mean_activations(model, tokens: Int[Tensor, "batch pos"], sites: Sequence[Si
     """Mean of each hook site's activation over batch and positions of ``tokens``."""
     names = [s.address for s in sites]
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    return {n: cache[n].float().mean(dim=(0, 1)) for n in names}
+    return {n: at_least_fp32(cache[n]).mean(dim=(0, 1)) for n in names}
 
 
 class MaskedModel(nn.Module):
