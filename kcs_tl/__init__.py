@@ -1,6 +1,6 @@
 """kcs_tl: knowledge-critical subnetworks and sparse neuron interventions for TransformerLens.
 
-Masks attach in ``kcs_tl.masks.attach``; the loss terms are in ``kcs_tl.objectives``;
+Masks attach in ``kcs_tl.masks.attach``; the loss terms are in ``kcs_tl.discovery.terms``;
 the search loop is ``kcs_tl.search.discover``; results are ``kcs_tl.subnetwork.Subnetwork``
 and ``kcs_tl.metrics.evaluate``.
 """

@@ -2,7 +2,7 @@
 
 One step: draw masks once, run TargetKG and ControlKG sentences in one forward
 and LM blocks in another (both on the model with the subnetwork removed), add
-the loss terms of ``objectives``, and update the mask scores (the model's
+the loss terms of ``kcs_tl.discovery.terms``, and update the mask scores (the model's
 weights stay frozen). The original model's outputs never change, so they are
 computed once before the search.
 
@@ -44,14 +44,14 @@ from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.lm import lm_blocks, split_blocks
 from kcs_tl.data.splits import check_disjoint, holdout
 from kcs_tl.data.verbalise import encode
+from kcs_tl.discovery.teacher import REFERENCES, Reference, plan_reference
+from kcs_tl.discovery.terms import SUPPRESSIONS, Lagrangian, sparsity_weight, suppression
 from kcs_tl.files import atomic_file, writable_folder
 from kcs_tl.masks.masked_model import MaskedModel, plan_sites
 from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
 from kcs_tl.metrics import Criteria, kg_metrics, lm_metrics, score_kg, score_lm
-from kcs_tl.objectives import SUPPRESSIONS, Lagrangian, Reference, sparsity_weight, suppression
 from kcs_tl.precision import at_least_fp32
 from kcs_tl.subnetwork import Subnetwork
-from kcs_tl.teacher import REFERENCES, plan_reference
 
 MAX_LR = 10.0
 """Adam moves a score by about ``lr`` per step; above 10 every score jumps past saturation
@@ -74,7 +74,7 @@ class DiscoveryConfig:
     Defaults that adapt to the model: ``weights=None`` masks every matrix its
     architecture has (``kcs_tl.architecture``); ``reference="auto"`` keeps the
     original model's outputs in the most faithful form that fits in
-    ``reference_max_gib`` (``kcs_tl.teacher``); ``prepend_bos=None`` encodes
+    ``reference_max_gib`` (``kcs_tl.discovery.teacher``); ``prepend_bos=None`` encodes
     facts and text with a BOS only when the model's ``cfg.default_prepend_bos``
     says so. Every setting is checked against the model before any forward pass.
     """
@@ -105,7 +105,7 @@ class DiscoveryConfig:
     kg_batch_size: int = 250
     lm_batch_size: int = 10
     lm_block_len: int = 512  # capped at the model's n_ctx
-    reference: str = "auto"  # the original model's outputs: "full", "fp16", "top_k", "on_the_fly" (kcs_tl.teacher)
+    reference: str = "auto"  # the original model's outputs: "full", "fp16", "top_k", "on_the_fly" (kcs_tl.discovery.teacher)
     reference_top_k: int = 100  # k of the "top_k" representation
     reference_max_gib: float = 2.0  # memory budget of the cached outputs
     lm_chunk_max_gib: float = 1.0  # activations of the LM blocks backpropagated together (estimated)
@@ -235,7 +235,7 @@ class Discovery:
 
     ``setup`` records what the search chose for itself: ``prepend_bos`` (whether
     text and facts were encoded with a BOS), ``reference`` (how the original
-    model's outputs were kept, ``kcs_tl.teacher``) and ``target_known`` (TargetKG
+    model's outputs were kept, ``kcs_tl.discovery.teacher``) and ``target_known`` (TargetKG
     facts whose gold tail the original model ranks in its top 10).
     """
 

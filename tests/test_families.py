@@ -16,8 +16,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import kcs_tl.search as search
 from kcs_tl import DiscoveryConfig, Subnetwork, architecture, attach_masks, discover
+from kcs_tl.discovery.teacher import plan_reference
 from kcs_tl.search import Search
-from kcs_tl.teacher import plan_reference
 
 from conftest import toy_world
 

@@ -10,8 +10,9 @@ import torch
 import kcs_tl.search as search
 from kcs_tl.baselines import random_like
 from kcs_tl.data import encode
+from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.terms import kl_uniform, sparsity_weight
 from kcs_tl.metrics import score_kg
-from kcs_tl.objectives import Reference, kl_uniform, sparsity_weight
 from kcs_tl.search import DiscoveryConfig, discover
 
 QUICK = dict(steps=30, eval_every=10, kg_batch_size=16, lm_batch_size=4, progress=False,

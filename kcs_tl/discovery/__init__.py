@@ -1,0 +1,1 @@
+"""The search for a knowledge-critical subnetwork, one idea per module."""
