@@ -243,7 +243,7 @@ def test_bos_follows_the_model_unless_set(family, prepend_bos, expected):
     with warnings.catch_warnings():  # whether a random model "knows" the facts is beside the point here
         warnings.simplefilter("ignore")
         data = prepare(model, target, control, [" ".join(["the story went"] * 40)] * 4, cfg,
-                               torch.device("cpu"))
+                       torch.device("cpu"))
     bos = model.tokenizer.bos_token_id
     assert bool((data.target.tokens[:, 0] == bos).all()) is expected
     assert bool((data.lm[:, 0] == bos).all()) is expected

@@ -67,7 +67,7 @@ class Search:
             if home != self.device:
                 model.to(self.device)
             self.data = prepare(model, target, control_kg, control_lm, cfg, self.device,
-                                 min(s.layer for s in sites.values()))
+                                min(s.layer for s in sites.values()))
             self.lagrangian = (Lagrangian(1 - cfg.target_sparsity).to(self.device)
                                if cfg.target_sparsity is not None else None)
             self.gen = torch.Generator().manual_seed(cfg.seed)
