@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds  # noqa: E402
 
 from kcs_tl import discover, evaluate, zoo  # noqa: E402
-from kcs_tl.search import DiscoveryConfig, Search  # noqa: E402
+from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 from kcs_tl.zoo.task import forgetting_task  # noqa: E402
 
 CLASSES = ("hooked", "bridge")

@@ -102,7 +102,7 @@ def mib(n: int) -> str:
 def builtin_search(root: int | str, seed: int, cfg, n_random: int = 3):
     """Discover and evaluate on the built-in forgetting task; returns (task, discovery, evaluation, seconds)."""
     from kcs_tl import discover, evaluate, zoo
-    from kcs_tl.search import DiscoveryConfig
+    from kcs_tl.discovery import DiscoveryConfig
     from kcs_tl.zoo.task import forgetting_task
 
     z = zoo.load("tiny-world")

@@ -21,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import builtin_search  # noqa: E402
 
-from kcs_tl.search import DiscoveryConfig  # noqa: E402
+from kcs_tl.discovery import DiscoveryConfig  # noqa: E402
 
 PUBLISHED_STEPS = 40_000
 TARGET_STEPS = PUBLISHED_STEPS // 10

@@ -21,8 +21,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import builtin_search  # noqa: E402
 
+from kcs_tl.discovery import DiscoveryConfig  # noqa: E402
 from kcs_tl.metrics import Criteria  # noqa: E402
-from kcs_tl.search import DiscoveryConfig  # noqa: E402
 
 
 def one_run(root, seed, cfg) -> dict:

@@ -26,8 +26,8 @@ import pandas as pd
 
 from kcs_tl import zoo
 from kcs_tl.analysis.methods import compare_methods
+from kcs_tl.discovery import DiscoveryConfig
 from kcs_tl.interventions import InterventionConfig, agreement_task, find_interventions, gender_task
-from kcs_tl.search import DiscoveryConfig
 from kcs_tl.zoo.task import forgetting_task
 
 GOALS = {"agreement": ("accuracy <= 0.5 (chance)", lambda orig: 0.5),

@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import synthetic_data  # noqa: E402
 
-from kcs_tl.search import DiscoveryConfig, Search  # noqa: E402
+from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 
 SMOLLM2_135M = dict(n_layers=30, d_model=576, d_head=64, n_heads=9, n_key_value_heads=3, d_mlp=1536,
                     d_vocab=49_152, n_ctx=2048, act_fn="silu", normalization_type="RMS",

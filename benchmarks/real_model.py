@@ -42,8 +42,9 @@ from common import mib, peak_bytes  # noqa: E402
 from kcs_tl import evaluate, zoo  # noqa: E402
 from kcs_tl.data import lm_blocks  # noqa: E402
 from kcs_tl.data.known import known_facts  # noqa: E402
+from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
+from kcs_tl.discovery.loop import run_search  # noqa: E402
 from kcs_tl.files import atomic_file  # noqa: E402
-from kcs_tl.search import DiscoveryConfig, Search, _run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BAR = {"target_top10_max": 0.10, "control_top10_min_ratio": 0.90, "lm_ppl_max_rise": 0.05, "sparsity_min": 0.98}
@@ -115,7 +116,7 @@ def main(argv=None) -> dict:
             return out
 
         search.step = timed
-        stopped = _run(search)
+        stopped = run_search(search)
         found = search.result(stopped)
     ev = evaluate(z.model, found.subnetwork, target, control, lm_eval, n_random=args.n_random)
     v = ev.value

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, peak_bytes, random_model, synthetic_data  # noqa: E402
 
-from kcs_tl.search import DiscoveryConfig, Search  # noqa: E402
+from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "scaling.png"
 

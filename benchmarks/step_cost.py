@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, mib, peak_bytes, random_model, synthetic_data  # noqa: E402
 
 from kcs_tl.adapters.hooked import owner  # noqa: E402
+from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 from kcs_tl.masks.masked_model import MaskedModel, plan_sites  # noqa: E402
-from kcs_tl.search import DiscoveryConfig, Search  # noqa: E402
 
 TARGETS = {"b/a": ("<=", 1.5), "c/b": (">=", 2.0), "mask state / masked weights": ("<=", 3.0)}
 

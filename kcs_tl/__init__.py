@@ -1,7 +1,7 @@
 """kcs_tl: knowledge-critical subnetworks and sparse neuron interventions for TransformerLens.
 
-Masks attach in ``kcs_tl.masks.attach``; the loss terms are in ``kcs_tl.objectives``;
-the search loop is ``kcs_tl.search.discover``; results are ``kcs_tl.subnetwork.Subnetwork``
+Masks attach in ``kcs_tl.masks.attach``; the loss terms are in ``kcs_tl.discovery.terms``;
+the search is ``kcs_tl.discovery.discover``; results are ``kcs_tl.subnetwork.Subnetwork``
 and ``kcs_tl.metrics.evaluate``.
 """
 
@@ -12,12 +12,12 @@ from kcs_tl.baselines import random_like, unit_baseline, weight_baseline
 from kcs_tl.data import (
     KGBatch, KnowledgeGraph, KnownFacts, Triplet, encode, known_facts, lm_blocks, load_countries, load_prose,
 )
+from kcs_tl.discovery import Discovery, DiscoveryConfig, discover
 from kcs_tl.masks import (
     RELAXATIONS, HardConcrete, MaskedModel, Sigmoid, StraightThroughSigmoid, attach_masks,
     get_relaxation,
 )
 from kcs_tl.metrics import Criteria, Evaluation, evaluate
-from kcs_tl.search import Discovery, DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork, majority
 from kcs_tl.interventions import (
     Intervention, InterventionConfig, InterventionTask, agreement_task, evaluate_intervention,

@@ -23,9 +23,9 @@ import torch
 
 from kcs_tl.analysis.report import Report, report, write_report
 from kcs_tl.data import KnowledgeGraph, lm_blocks, load_wordnet, load_wordnet_control
+from kcs_tl.discovery import DiscoveryConfig, discover
 from kcs_tl.files import check_writable, existing_result, read_json, result_folder
 from kcs_tl.metrics import Evaluation, evaluate
-from kcs_tl.search import DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork
 
 # -- inputs --------------------------------------------------------------------

@@ -15,7 +15,7 @@ import kcs_tl
 from kcs_tl import Subnetwork, attach_masks, discover, evaluate, zoo
 from kcs_tl.adapters import adapter, fingerprint, hooked, weight_site, weight_view
 from kcs_tl.adapters.bridge import TransformerBridge, wrap
-from kcs_tl.search import DiscoveryConfig
+from kcs_tl.discovery import DiscoveryConfig
 from kcs_tl.zoo.bridge import gpt2
 
 from test_masks import one_unit_removed, set_scores

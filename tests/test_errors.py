@@ -21,13 +21,14 @@ from safetensors.torch import save_file
 from torch.nn.utils import parametrize
 
 import kcs_tl.cli as cli
+import kcs_tl.discovery.search as search
 import kcs_tl.masks.masked_model as masked_model
-import kcs_tl.search as search
 from kcs_tl import (
     HardConcrete, KnowledgeGraph, MaskedModel, StraightThroughSigmoid, Subnetwork, Triplet, attach_masks,
     evaluate, get_relaxation, lm_blocks,
 )
-from kcs_tl.search import DiscoveryConfig, Search, discover
+from kcs_tl.discovery import DiscoveryConfig, Search, discover
+from kcs_tl.discovery.config import FIELD_CHECKS
 
 from conftest import toy_world
 
@@ -495,14 +496,14 @@ def _interrupt(*args, **kwargs):
 
 FAILURES = {
     # where Search.__init__ (or the run after it) fails: (object, attribute, replacement)
-    "prepare": (search, "_prepare", _fail),
-    "prepare-ctrl-c": (search, "_prepare", _interrupt),
+    "prepare": (search, "prepare", _fail),
+    "prepare-ctrl-c": (search, "prepare", _interrupt),
     "lagrangian": (search, "Lagrangian", _fail),
     "attach": (masked_model, "_freeze", _fail),
     "optimiser": (torch.optim, "Adam", _fail),
     "warm-up": (torch.optim.lr_scheduler, "LambdaLR", _fail),
-    "step": (search, "_losses", _fail),
-    "validation": (search, "_validate", _fail),
+    "step": (search, "step_losses", _fail),
+    "validation": (search, "validation_scores", _fail),
 }
 
 
@@ -553,7 +554,7 @@ def test_non_finite_values_stop_at_the_last_finite_checkpoint(what, toy, monkeyp
     model, target, control, blocks = toy
     cfg = DiscoveryConfig(**QUICK | {"steps": 12, "eval_every": 4, "warmup_fraction": 0.0})
     four_steps = discover(model, target, control, blocks, dataclasses.replace(cfg, steps=4)).subnetwork
-    losses = search._losses
+    losses = search.step_losses
 
     def go_non_finite_at_step_6(masked, data, cfg_, step, gen, lagrangian):
         out = losses(masked, data, cfg_, step, gen, lagrangian)
@@ -565,7 +566,7 @@ def test_non_finite_values_stop_at_the_last_finite_checkpoint(what, toy, monkeyp
                 score[0, 0, 0] = math.inf
         return out
 
-    monkeypatch.setattr(search, "_losses", go_non_finite_at_step_6)
+    monkeypatch.setattr(search, "step_losses", go_non_finite_at_step_6)
     with pytest.warns(RuntimeWarning, match=rf"non-finite {what} at step [68] in mask scores of blocks.1.attn.W_Q "
                                             r"\(\d+ of 1024 values\); stopped, the result is the best checkpoint "
                                             r"before it \(step 4\)"):
@@ -586,7 +587,7 @@ def test_same_seed_runs_are_bit_identical(toy):
 
 
 def test_every_config_field_is_validated():
-    assert set(search.FIELD_CHECKS) == {f.name for f in dataclasses.fields(DiscoveryConfig)}
+    assert set(FIELD_CHECKS) == {f.name for f in dataclasses.fields(DiscoveryConfig)}
 
 
 # -- the command line keeps what it found ------------------------------------------------------------

@@ -14,10 +14,10 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-import kcs_tl.search as search
 from kcs_tl import DiscoveryConfig, Subnetwork, architecture, attach_masks, discover
-from kcs_tl.search import Search
-from kcs_tl.teacher import plan_reference
+from kcs_tl.discovery import Search
+from kcs_tl.discovery.prepare import count_known_facts, prepare
+from kcs_tl.discovery.teacher import plan_reference
 
 from conftest import toy_world
 
@@ -242,8 +242,8 @@ def test_bos_follows_the_model_unless_set(family, prepend_bos, expected):
     cfg = DiscoveryConfig(**QUICK | {"prepend_bos": prepend_bos, "progress": False})
     with warnings.catch_warnings():  # whether a random model "knows" the facts is beside the point here
         warnings.simplefilter("ignore")
-        data = search._prepare(model, target, control, [" ".join(["the story went"] * 40)] * 4, cfg,
-                               torch.device("cpu"))
+        data = prepare(model, target, control, [" ".join(["the story went"] * 40)] * 4, cfg,
+                       torch.device("cpu"))
     bos = model.tokenizer.bos_token_id
     assert bool((data.target.tokens[:, 0] == bos).all()) is expected
     assert bool((data.lm[:, 0] == bos).all()) is expected
@@ -254,7 +254,7 @@ def test_known_facts_are_counted_on_the_best_template(builtin):
     z, task = builtin
     from kcs_tl.data import encode
 
-    known, n = search._known_facts(z.model, encode(task.target, z.tokenizer))
+    known, n = count_known_facts(z.model, encode(task.target, z.tokenizer))
     assert n == len(task.target) and known >= 0.9 * n  # the built-in model knows its world: no warning
 
 

@@ -146,7 +146,7 @@ def test_compare_methods_gives_one_row_per_method_and_size(world):
 
 
 def test_compare_methods_on_knowledge_suppression(world):
-    from kcs_tl.search import DiscoveryConfig
+    from kcs_tl.discovery import DiscoveryConfig
     from kcs_tl.zoo.task import Task
 
     model, task, target, control, blocks = world

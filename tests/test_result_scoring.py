@@ -7,10 +7,10 @@ rule judge a different model from the result: "criteria met" with an empty subne
 import pytest
 import torch
 
-import kcs_tl.search as search
 from kcs_tl import attach_masks, evaluate
+from kcs_tl.discovery import DiscoveryConfig, discover
+from kcs_tl.discovery.prepare import prepare
 from kcs_tl.masks.relaxations import RELAXATIONS
-from kcs_tl.search import DiscoveryConfig, discover
 
 # The search scores cached residuals run from the first masked layer in its own batches; evaluate runs
 # whole forwards: float32 log-probabilities ~1e-6 apart (logits below 20 times 6e-8), so perplexities
@@ -22,7 +22,7 @@ def recorded_and_evaluated(model, target, control, lm, cfg):
     """The val_* numbers recorded for the chosen checkpoint, and evaluate() of the returned subnetwork."""
     found = discover(model, target, control, lm, cfg)
     row = found.history.set_index("step").loc[found.best_step]
-    data = search._prepare(model, target, control, lm, cfg, torch.device("cpu"))  # the same split (seeded)
+    data = prepare(model, target, control, lm, cfg, torch.device("cpu"))  # the same split (seeded)
     ev = evaluate(model, found.subnetwork, data.target, data.control_val, data.lm_val, n_random=0)
     control, base_control = (ev.value("control_kg", m, "top1") for m in ("remaining", "original"))
     evaluated = {

@@ -7,12 +7,14 @@ import shutil
 import pytest
 import torch
 
-import kcs_tl.search as search
+import kcs_tl.discovery.search as search
 from kcs_tl.baselines import random_like
 from kcs_tl.data import encode
+from kcs_tl.discovery import DiscoveryConfig, discover
+from kcs_tl.discovery.prepare import prepare
+from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.terms import kl_uniform, sparsity_weight
 from kcs_tl.metrics import score_kg
-from kcs_tl.objectives import Reference, kl_uniform, sparsity_weight
-from kcs_tl.search import DiscoveryConfig, discover
 
 QUICK = dict(steps=30, eval_every=10, kg_batch_size=16, lm_batch_size=4, progress=False,
              early_stop=False, layers=(1,))
@@ -42,7 +44,7 @@ def test_sparsity_schedule_is_flat_then_linear():
 
 def test_cached_original_outputs_equal_a_fresh_forward(toy):
     model, target, control, blocks = toy
-    data = search._prepare(model, target, control, blocks, DiscoveryConfig(), torch.device("cpu"))
+    data = prepare(model, target, control, blocks, DiscoveryConfig(), torch.device("cpu"))
     fresh = model(data.control.tokens)[data.control.label_mask].softmax(-1)
     torch.testing.assert_close(data.control_ref.probs, fresh)
     fresh_lm = model(data.lm).softmax(-1).flatten(0, 1)
@@ -95,14 +97,14 @@ def test_config_round_trips_through_json_and_refuses_unknown_fields():
 def test_resume_from_a_checkpoint_continues_the_same_run(toy, tmp_path, monkeypatch):
     model, target, control, blocks = toy
     cfg = DiscoveryConfig(**QUICK | {"checkpoint_every": 10, "checkpoint_dir": str(tmp_path / "a")})
-    save = search._save_checkpoint
+    save = search.write_checkpoint
 
     def keep_step_10(cfg_, trained, optimizers, schedule, gen, state):
         save(cfg_, trained, optimizers, schedule, gen, state)
         if state.step == 10:
             shutil.copy(tmp_path / "a" / "checkpoint.pt", tmp_path / "step10.pt")
 
-    monkeypatch.setattr(search, "_save_checkpoint", keep_step_10)
+    monkeypatch.setattr(search, "write_checkpoint", keep_step_10)
     whole = discover(model, target, control, blocks, cfg)
     resumed = discover(model, target, control, blocks, cfg, resume=tmp_path / "step10.pt")
     assert all(torch.equal(whole.subnetwork.masks[a], resumed.subnetwork.masks[a]) for a in whole.subnetwork.masks)
@@ -123,7 +125,7 @@ def test_overlapping_or_mismatched_inputs_are_refused(toy):
 
 def test_a_nan_loss_stops_with_a_warning_and_keeps_the_last_good_masks(toy, monkeypatch):
     model, target, control, blocks = toy
-    losses = search._losses
+    losses = search.step_losses
 
     def nan_at_step_12(masked, data, cfg, step, gen, lagrangian):
         out = losses(masked, data, cfg, step, gen, lagrangian)
@@ -131,7 +133,7 @@ def test_a_nan_loss_stops_with_a_warning_and_keeps_the_last_good_masks(toy, monk
             out["loss"] = out["loss"] * math.nan
         return out
 
-    monkeypatch.setattr(search, "_losses", nan_at_step_12)
+    monkeypatch.setattr(search, "step_losses", nan_at_step_12)
     with pytest.warns(RuntimeWarning, match="non-finite loss at step 12"):
         found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK))
     assert found.best_step == 10 and len(found.history) == 12
@@ -139,14 +141,14 @@ def test_a_nan_loss_stops_with_a_warning_and_keeps_the_last_good_masks(toy, monk
 
 def test_ctrl_c_returns_the_best_result_so_far(toy, monkeypatch):
     model, target, control, blocks = toy
-    losses = search._losses
+    losses = search.step_losses
 
     def interrupt_at_step_25(masked, data, cfg, step, gen, lagrangian):
         if step == 25:
             raise KeyboardInterrupt
         return losses(masked, data, cfg, step, gen, lagrangian)
 
-    monkeypatch.setattr(search, "_losses", interrupt_at_step_25)
+    monkeypatch.setattr(search, "step_losses", interrupt_at_step_25)
     with pytest.warns(RuntimeWarning, match="interrupted at step 25"):
         found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK))
     assert found.best_step in (10, 20)

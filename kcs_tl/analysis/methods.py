@@ -69,7 +69,7 @@ def _intervention_rows(model, task, methods, sizes, config, steps) -> list[dict]
 
 def _knowledge_rows(model, task, methods, sizes, config) -> list[dict]:
     from kcs_tl.metrics import evaluate
-    from kcs_tl.search import DiscoveryConfig, discover
+    from kcs_tl.discovery import DiscoveryConfig, discover
 
     config = config or DiscoveryConfig(progress=False)
     if not isinstance(config, DiscoveryConfig):

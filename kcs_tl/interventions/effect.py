@@ -19,8 +19,8 @@ from torch import Tensor
 
 from kcs_tl import validate
 from kcs_tl.baselines.random import random_like
+from kcs_tl.discovery.teacher import Reference
 from kcs_tl.interventions.task import InterventionTask, Prompts
-from kcs_tl.objectives import Reference
 from kcs_tl.subnetwork import Subnetwork
 
 

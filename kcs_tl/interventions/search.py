@@ -29,12 +29,13 @@ from tqdm.auto import tqdm
 
 from kcs_tl import validate
 from kcs_tl.adapters.hooked import HOOK_NAMES, check_model
+from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.terms import Lagrangian
 from kcs_tl.interventions import reinforce
 from kcs_tl.interventions.counting import count_forwards
 from kcs_tl.interventions.effect import InterventionEffect, evaluate_intervention, lm_logits
 from kcs_tl.interventions.task import InterventionTask
 from kcs_tl.masks.masked_model import ABLATIONS, MaskedModel
-from kcs_tl.objectives import Lagrangian, Reference
 from kcs_tl.subnetwork import Subnetwork
 
 METHODS = ("hard_concrete", "reinforce")
@@ -46,8 +47,8 @@ class InterventionConfig:
 
     ``l0_weight`` is the loss per expected intervened unit (expected L0): 0.01
     means 20 units cost as much as a task loss of 0.2. With ``target_units``
-    set, a Lagrangian (``objectives.Lagrangian``, multipliers by gradient
-    ascent at ``lagrangian_lr``) holds the expected number of units there
+    set, a Lagrangian (``kcs_tl.discovery.terms.Lagrangian``, multipliers by
+    gradient ascent at ``lagrangian_lr``) holds the expected number of units there
     instead (the multipliers act on expected units / held size), and
     ``l0_weight`` is unused. The held size falls linearly from the initial
     expected size (``init_prob`` of the units) to ``target_units`` over the

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kcs_tl import validate
-from kcs_tl.search import DiscoveryConfig
+from kcs_tl.discovery import DiscoveryConfig
 
 FORMAT = "kcs_tl.sweep.run/1"
 _NOT_DEFINING = ("progress",)  # config fields that do not change a run's result

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from kcs_tl.analysis.stability import headline, seed_stability
+from kcs_tl.discovery import discover
 from kcs_tl.files import MARKER, read_json, recover, result_folder
 from kcs_tl.metrics import evaluate
-from kcs_tl.search import discover
 from kcs_tl.subnetwork import Subnetwork
 from kcs_tl.sweeps.grid import Run
 

@@ -1,5 +1,7 @@
 """How the search keeps the original model's outputs (the teacher of its KL terms), within a memory budget.
 
+A kept output is a ``Reference``; ``plan_reference`` picks its form.
+
 The ControlKG and ControlLM terms compare the masked model with the original
 one at every control position. The original's outputs never change, so the
 search computes them once, unless they would not fit. A cached output costs,
@@ -28,9 +30,75 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from kcs_tl.precision import at_least_fp32
+
 REFERENCES = ("auto", "full", "fp16", "top_k", "on_the_fly")
 _CACHED = ("full", "fp16", "top_k")
 GIB = 2**30
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product as a batched matmul, without an [n, vocab] product temporary."""
+    return (a[:, None, :] @ b[:, :, None])[:, 0, 0]
+
+
+@dataclass
+class Reference:
+    """The original model's output distributions at some positions, cached once.
+
+    Full (``indices is None``): ``probs`` over the vocabulary (fp32, or fp16 to
+    halve the memory) and each row's ``neg_entropy``, so
+    ``KL(p || q) = -H(p) + logsumexp(z) - p . z`` for new logits z, with no
+    log-softmax of z. Top-k: the k most likely tokens'
+    probabilities, the rest of the vocabulary one bucket; the KL is then the
+    exact KL between the two distributions coarsened to k + 1 outcomes (a lower
+    bound on the full KL, tight when the top k hold the mass).
+    """
+
+    probs: Float[Tensor, "n k"]
+    neg_entropy: Float[Tensor, "n"]
+    indices: Int[Tensor, "n k"] | None = None
+
+    @classmethod
+    def from_logits(cls, logits: Float[Tensor, "n vocab"], top_k: int | None,
+                    dtype: torch.dtype = torch.float32) -> "Reference":
+        """The distribution of ``logits``: all of it, or its ``top_k`` tokens; ``probs`` stored as ``dtype``."""
+        logp = at_least_fp32(logits).log_softmax(-1)
+        if top_k is not None and top_k < logp.shape[-1]:
+            logp, indices = logp.topk(top_k, dim=-1)
+        else:
+            indices = None
+        probs = logp.exp()
+        if indices is None and dtype != torch.float32:  # the entropy of the rounded probabilities, so KL(p, p) = 0
+            probs = probs.to(dtype).float()
+            logp = probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+        return cls(probs.to(dtype), (probs * logp).sum(-1), indices)
+
+    @classmethod
+    def cat(cls, parts: list["Reference"]) -> "Reference":
+        return cls(torch.cat([p.probs for p in parts]), torch.cat([p.neg_entropy for p in parts]),
+                   None if parts[0].indices is None else torch.cat([p.indices for p in parts]))
+
+    def __getitem__(self, rows) -> "Reference":
+        return Reference(self.probs[rows], self.neg_entropy[rows],
+                         None if self.indices is None else self.indices[rows])
+
+    def kl(self, logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
+        """KL(p_reference || softmax(logits)) per row."""
+        lse = logits.logsumexp(-1)
+        probs = self.probs.to(logits.dtype)
+        if self.indices is None:  # rounded (fp16) probabilities may not sum to 1: weight the lse by their mass
+            mass = probs.sum(-1) if self.probs.dtype != torch.float32 else 1.0
+            return self.neg_entropy + mass * lse - _rowdot(probs, logits)
+        logq_top = logits.gather(-1, self.indices) - lse[:, None]
+        p_rest = (1 - probs.sum(-1)).clamp_min(1e-12)
+        q_rest = (1 - logq_top.exp().sum(-1)).clamp_min(1e-12)
+        return (self.neg_entropy - _rowdot(probs, logq_top)
+                + p_rest * (p_rest.log() - q_rest.log()))
 
 
 def bytes_per_position(kind: str, vocab: int, top_k: int) -> int:
