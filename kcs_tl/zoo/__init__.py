@@ -107,10 +107,10 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
     ``None`` picks ``"hooked"`` where TransformerLens still has it, else ``"bridge"``.
     """
     from kcs_tl import validate
-    from kcs_tl.adapters import hooked
+    from kcs_tl.adapters import HAS_HOOKED
 
     if model_class is None:
-        model_class = "hooked" if hooked.HookedTransformer is not None else "bridge"
+        model_class = "hooked" if HAS_HOOKED else "bridge"
     model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if name in DOWNLOADED:
         if model_class != "hooked":
