@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kcs_tl.zoo.weights import load_weights
+
 __all__ = ["ZooModel", "load", "available", "MODELS", "MODEL_CLASSES"]
 
 _HERE = Path(__file__).resolve().parent
@@ -83,15 +85,6 @@ def _hooked(cfg: dict, state: dict, tokenizer, device: str):
 
 def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
-def load_weights(model, state: dict) -> None:
-    """Load every parameter of ``model`` from ``state`` (buffers such as rotary tables may be absent)."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
-                           f"unexpected {unexpected}")
 
 
 def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None,
