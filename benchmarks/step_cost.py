@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, mib, peak_bytes, random_model, synthetic_data  # noqa: E402
 
-from kcs_tl.adapters.hooked import owner  # noqa: E402
+from kcs_tl.adapters import weight_target  # noqa: E402
 from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 from kcs_tl.masks.masked_model import MaskedModel, plan_sites  # noqa: E402
 
@@ -36,7 +36,7 @@ TARGETS = {"b/a": ("<=", 1.5), "c/b": (">=", 2.0), "mask state / masked weights"
 
 def _masked_params(model, cfg: DiscoveryConfig) -> list[torch.nn.Parameter]:
     sites = plan_sites(model, cfg.weights, (), cfg.layers).values()
-    return [getattr(owner(model, s), s.name) for s in sites]
+    return [getattr(*weight_target(model, s)) for s in sites]
 
 
 def _kg_ce(logits, batch) -> torch.Tensor:

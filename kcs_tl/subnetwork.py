@@ -32,7 +32,7 @@ from kcs_tl.adapters import (
 from kcs_tl.adapters import unit as unit_of
 from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
 from kcs_tl.masks.attach import Attachment
-from kcs_tl.masks.masked_model import check_mode, keep_gate
+from kcs_tl.masks.gates import check_mode, keep_gate
 
 FORMAT = "kcs_tl.subnetwork"
 VERSION = 1

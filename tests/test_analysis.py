@@ -9,7 +9,7 @@ import transformer_lens.patching as tl_patching
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from kcs_tl import Subnetwork
-from kcs_tl.adapters.hooked import fingerprint, hook_site, weight_site
+from kcs_tl.adapters import fingerprint, hook_site, weight_site
 from kcs_tl.analysis import (
     attention_view, attribute, compare, components, heatmaps, knowledge_prompts, logprob_view, patch, plot_overlap,
     report, roc_auc, spearman, topk_view,

@@ -277,6 +277,21 @@ def test_ablations_change_the_output_exactly_as_on_hooked_transformer(twins, tok
     torch.testing.assert_close(outputs[1], outputs[0], **CROSS_CLASS)
 
 
+@pytest.mark.parametrize("granularity", ["weight", "row"])
+def test_weight_attributions_are_the_same_on_both_classes(twins, tokens, granularity):
+    from kcs_tl.baselines import weight_attributions
+
+    scores = []
+    for m in twins:
+        sites = [weight_site(m, 1, name, granularity) for name in ("W_Q", "W_K", "W_O", "W_in", "W_out")]
+        scores.append({method: weight_attributions(m, sites, method, lambda m: m(tokens)[..., 3].sum())
+                       for method in ("weight_magnitude", "grad_x_weight")})
+    # float64 on both classes, rounded to float32 once: one float32 ulp apart at most
+    for method, expected in scores[0].items():
+        assert all(v.abs().sum() > 0 for v in expected.values()), method
+        torch.testing.assert_close(scores[1][method], expected, rtol=3e-7, atol=1e-12)
+
+
 # -- every public entry point takes either class, and refuses anything else ----------------
 
 

@@ -13,7 +13,7 @@ import torch
 
 import kcs_tl.files as files
 from kcs_tl import Subnetwork
-from kcs_tl.adapters.hooked import fingerprint, hook_site
+from kcs_tl.adapters import fingerprint, hook_site
 from kcs_tl.files import MARKER, check_writable, is_temporary, result_folder
 
 from conftest import tiny_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import toy_world
-from kcs_tl.adapters.hooked import hook_site
+from kcs_tl.adapters import hook_site
 from kcs_tl.analysis.methods import compare_methods
 from kcs_tl.baselines.attribution import (
     UNIT_METHODS, WEIGHT_METHODS, hook_sites, replacement_values, unit_attributions, unit_baseline,

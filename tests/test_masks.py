@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from kcs_tl import RELAXATIONS, HardConcrete, StraightThroughSigmoid, Subnetwork, attach_masks
-from kcs_tl.adapters.hooked import fingerprint, weight_site
+from kcs_tl.adapters import fingerprint, weight_site
 
 ALL_SITES = dict(hooks=("attn.hook_z", "mlp.hook_post"), layers=[0, 1])
 

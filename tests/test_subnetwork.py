@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kcs_tl import Subnetwork, attach_masks, majority
-from kcs_tl.adapters.hooked import fingerprint, hook_site, weight_site
+from kcs_tl.adapters import fingerprint, hook_site, weight_site
 
 from conftest import tiny_model
 

@@ -1,18 +1,19 @@
 """The only place that knows a TransformerLens generation: HookedTransformer and TransformerBridge.
 
-The rest of kcs_tl calls the functions below; each picks the adapter for the
-model's class (``adapters.hooked`` or ``adapters.bridge``) and refuses any other
-class with one message naming both. Both adapters speak TransformerLens's
-canonical layout and addresses, so sites, masks and saved subnetworks are the
-same whichever class computed them.
+The rest of kcs_tl imports this facade only. What only reads the config
+(sites, architectures, fingerprints) comes from ``adapters.sites`` and is the
+same for both classes; what touches modules goes to the adapter for the
+model's class (``adapters.hooked`` or ``adapters.bridge``). Any other class is
+refused with one message naming both.
 """
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 
-from kcs_tl.adapters import hooked
-from kcs_tl.adapters.hooked import (
+from kcs_tl.adapters import hooked, sites
+from kcs_tl.adapters.sites import (
     GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, Matrix, Site, hook_broadcast, unit,
 )
 
@@ -23,6 +24,8 @@ except ImportError:  # a TransformerLens without model_bridge; pyproject asks fo
 
 SUPPORTED = ("transformer_lens.HookedTransformer (TransformerLens 3.x), "
              "transformer_lens.model_bridge.TransformerBridge (TransformerLens 3.9 and 4.x)")
+HAS_HOOKED = hooked.HookedTransformer is not None
+"""Whether this TransformerLens still has ``HookedTransformer`` (4.x removed it)."""
 
 
 def adapter(model) -> ModuleType:
@@ -35,6 +38,7 @@ def adapter(model) -> ModuleType:
 
 
 def _dispatch(name: str):
+    """The function ``name`` of the adapter for the model's class."""
     def call(model, *args, **kwargs):
         return getattr(adapter(model), name)(model, *args, **kwargs)
 
@@ -43,30 +47,62 @@ def _dispatch(name: str):
     return call
 
 
+def _shared(fn):
+    """``fn`` of ``adapters.sites`` (reads the config only), for a model of a supported class."""
+    @functools.wraps(fn)
+    def call(model, *args, **kwargs):
+        adapter(model)
+        return fn(model, *args, **kwargs)
+
+    return call
+
+
 check_model = _dispatch("check_model")
-architecture = _dispatch("architecture")
 check_site = _dispatch("check_site")
-activation_bytes = _dispatch("activation_bytes")
-resolve_layers = _dispatch("resolve_layers")
-weight_site = _dispatch("weight_site")
-hook_site = _dispatch("hook_site")
-activation_shape = _dispatch("activation_shape")
 weight_target = _dispatch("weight_target")
 weight_view = _dispatch("weight_view")
 stored_layout = _dispatch("stored_layout")
 hook_point = _dispatch("hook_point")
 readout = _dispatch("readout")
-fingerprint = _dispatch("fingerprint")
 residual_before = _dispatch("residual_before")
 run_from = _dispatch("run_from")
 head = _dispatch("head")
 
+activation_bytes = _shared(sites.activation_bytes)
+resolve_layers = _shared(sites.resolve_layers)
+hook_site = _shared(sites.hook_site)
+activation_shape = _shared(sites.activation_shape)
+fingerprint = _shared(sites.fingerprint)
+
 
 def fingerprint_mismatch(expected: dict, model) -> list[str]:
     """Human-readable differences between a saved fingerprint and ``model``."""
-    return adapter(model).fingerprint_mismatch(expected, model)
+    adapter(model)
+    return sites.fingerprint_mismatch(expected, model)
 
-__all__ = ["GRANULARITIES", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Architecture", "Matrix", "Site",
-           "activation_bytes", "activation_shape", "adapter", "architecture", "check_model", "check_site", "fingerprint", "fingerprint_mismatch", "head", "hook_broadcast", "hook_point",
-           "hook_site", "readout", "residual_before", "resolve_layers", "run_from", "stored_layout",
-           "unit", "weight_site", "weight_target", "weight_view"]
+
+def architecture(model) -> Architecture:
+    """The maskable matrices, hook points and sizes of ``model`` (refusing what kcs_tl cannot mask)."""
+    return sites.architecture_of(check_model(model).cfg)
+
+
+def weight_site(model, layer: int, name: str, granularity: str = "weight") -> Site:
+    """The site of matrix ``name`` in ``layer`` of ``model``: the same Site whichever class computes it.
+
+    See ``sites.site_of`` for ``granularity`` and the address.
+    """
+    return sites.site_of(architecture(model), layer, name, granularity)
+
+
+def wrap(hf_model, tokenizer=None, model_name: str = "custom"):
+    """A TransformerBridge around an already built Hugging Face causal LM, without any download."""
+    if bridge is None:
+        raise ImportError("this TransformerLens has no model_bridge; kcs_tl needs TransformerLens >= 3.9")
+    return bridge.wrap(hf_model, tokenizer, model_name)
+
+
+__all__ = ["GRANULARITIES", "HAS_HOOKED", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Architecture", "Matrix",
+           "Site", "activation_bytes", "activation_shape", "adapter", "architecture", "check_model", "check_site",
+           "fingerprint", "fingerprint_mismatch", "head", "hook_broadcast", "hook_point", "hook_site", "readout",
+           "residual_before", "resolve_layers", "run_from", "stored_layout", "unit", "weight_site",
+           "weight_target", "weight_view", "wrap"]

@@ -8,11 +8,11 @@ is split into q/k/v copies at boot). Their ``weight`` is stored either as
 ``nn.Linear`` (``[out, in]``) or as Hugging Face's ``Conv1D`` (``[in, out]``),
 and heads are flattened into one axis.
 
-This module answers the same questions as ``adapters.hooked`` in
-TransformerLens's canonical layout (``W_Q [n_heads, d_model, d_head]``, sites
-``blocks.3.attn.W_Q``, ``blocks.3.mlp.hook_post``): a weight mask is converted to
-the stored layout when it multiplies, so a subnetwork found on one class
-applies to the same weights loaded through the other.
+This module answers the same questions as ``adapters.hooked`` for the
+class-neutral sites of ``adapters.sites`` (canonical layout,
+``W_Q [n_heads, d_model, d_head]``): a weight mask is converted to the stored
+layout when it multiplies, so a subnetwork found on one class applies to the
+same weights loaded through the other.
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ from torch.nn.utils import parametrize
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities import apply_softcap
 
-from kcs_tl.adapters import hooked
-from kcs_tl.adapters.hooked import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Site
-
-__all__ = ["GRANULARITIES", "HOOK_NAMES", "WEIGHT_NAMES", "TransformerBridge"]
+from kcs_tl.adapters.sites import Site, architecture_of, check_config, site_of
 
 # Canonical matrix -> the bridge component (under ``blocks[i]``) whose original_component computes it.
 _COMPONENT = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o",
@@ -41,10 +38,10 @@ def is_model(model) -> bool:
 
 
 def check_model(model) -> TransformerBridge:
-    """Refuse a bridge kcs_tl cannot mask (see ``hooked.check_config``; q/k/v not in their own modules)."""
+    """Refuse a bridge kcs_tl cannot mask (see ``sites.check_config``; q/k/v not in their own modules)."""
     if not is_model(model):
         raise TypeError(f"expected a transformer_lens TransformerBridge, got {type(model).__name__}")
-    hooked.check_config(model.cfg)
+    check_config(model.cfg)
     block = model.blocks[0]
     for name in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"):
         if _component(block, name) is None:
@@ -66,30 +63,11 @@ def _component(block: nn.Module, name: str) -> nn.Module | None:
     return original if "weight" in original._parameters or parametrize.is_parametrized(original, "weight") else None
 
 
-def architecture(model) -> hooked.Architecture:
-    """The maskable matrices of the bridge's architecture, in canonical layout (as ``hooked.architecture``)."""
-    return hooked.architecture_of(check_model(model).cfg)
-
-
-def weight_site(model: TransformerBridge, layer: int, name: str, granularity: str = "weight") -> Site:
-    """The site of matrix ``name`` in ``layer``: the same Site a HookedTransformer of these weights gives."""
-    return hooked.site_of(architecture(model), layer, name, granularity)
-
-
 def check_site(model: TransformerBridge, site: Site) -> Site:
     """Make sure a weight site's computing module exists and holds a weight of the site's size (cheap)."""
     if site.kind == "weight":
         _stored(model, site)
     return site
-
-
-# What only reads the config, which the bridge shares with HookedTransformer.
-resolve_layers = hooked.resolve_layers
-hook_site = hooked.hook_site
-activation_shape = hooked.activation_shape
-activation_bytes = hooked.activation_bytes
-fingerprint = hooked.fingerprint
-fingerprint_mismatch = hooked.fingerprint_mismatch
 
 
 # -- weights: canonical layout <-> stored layout --------------------------------
@@ -171,7 +149,7 @@ def hook_point(model: TransformerBridge, site: Site) -> nn.Module:
 def readout(model: TransformerBridge, site: Site) -> tuple[Tensor, Tensor]:
     """The weight reading a hook site's units into the residual (canonical view) and its bias."""
     name = "W_O" if site.name == "hook_z" else "W_out"
-    w_site = weight_site(model, site.layer, name)
+    w_site = site_of(architecture_of(model.cfg), site.layer, name)
     module = _stored(model, w_site)
     if module.bias is None:
         raise ValueError(f"{site.address}: {type(module).__name__} has no bias to fold a replacement value into")

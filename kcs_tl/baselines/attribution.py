@@ -28,6 +28,7 @@ dependency for that loop. The tests check completeness.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -35,7 +36,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import HOOK_NAMES, Site, check_model, fingerprint, hook_site, owner
+from kcs_tl.adapters import HOOK_NAMES, Site, check_model, fingerprint, hook_site, weight_view
+from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import ABLATIONS, mean_activations
 from kcs_tl.subnetwork import Subnetwork
 
@@ -120,27 +122,35 @@ def weight_attributions(model, sites: list[Site], method: str,
     gen = torch.Generator().manual_seed(seed)
     if method == "random":
         return {s.address: torch.rand(s.shape, generator=gen) for s in sites}
-    params = {s.address: getattr(owner(model, s), s.name) for s in sites}
     if method == "grad_x_weight":
         if objective is None:
             raise ValueError("method 'grad_x_weight' needs an objective(model) -> scalar to differentiate")
-        flags = [(p, p.requires_grad) for p in params.values()]
-        try:
-            for p, _ in flags:
-                p.requires_grad_(True)
-            grads = torch.autograd.grad(objective(model), list(params.values()), allow_unused=True)
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-        full = {a: (p.detach() * (g if g is not None else torch.zeros_like(p))).float()
-                for (a, p), g in zip(params.items(), grads)}
+        full = _grad_x_weight(model, sites, objective)
     else:
-        full = {a: p.detach().abs().float() for a, p in params.items()}
+        full = {s.address: weight_view(model, s).detach().abs().float() for s in sites}
     out = {}
     for s in sites:
         axes = tuple(i for i, (f, m) in enumerate(zip(s.full_shape, s.shape)) if m == 1 and f != 1)
         out[s.address] = (full[s.address].sum(dim=axes, keepdim=True) if axes else full[s.address]).cpu()
     return out
+
+
+def _grad_x_weight(model, sites: list[Site], objective: Callable[[object], Tensor]) -> dict[str, Tensor]:
+    """``W * grad f(W)`` per weight, in canonical layout on either class.
+
+    It is the gradient of f with respect to a gate of ones multiplying W, attached
+    as a mask is, so a bridge's stored layout is converted by the adapter. Made
+    contiguous so that row/column sums add in one order, whatever strides autograd returns.
+    """
+    whole = [dataclasses.replace(s, granularity="weight", shape=s.full_shape) for s in sites]
+    device = next(model.parameters()).device
+    ones = {s.address: torch.ones(s.shape, device=device, requires_grad=True) for s in whole}
+    attachment = Attachment(model, whole, ones.__getitem__)
+    try:
+        grads = torch.autograd.grad(objective(model), list(ones.values()), allow_unused=True)
+    finally:
+        attachment.detach()
+    return {a: (g if g is not None else torch.zeros_like(o)).contiguous() for (a, o), g in zip(ones.items(), grads)}
 
 
 def top_subnetwork(model, sites: list[Site], scores: dict[str, Tensor], *, like: Subnetwork | None = None,

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kcs_tl import validate
-from kcs_tl.adapters.hooked import HOOK_NAMES, check_model
+from kcs_tl.adapters import HOOK_NAMES, check_model
 from kcs_tl.discovery.teacher import Reference
 from kcs_tl.discovery.terms import Lagrangian
 from kcs_tl.interventions import reinforce

@@ -28,22 +28,11 @@ from kcs_tl.adapters import (
     HOOK_NAMES, Site, activation_shape, architecture, check_site, hook_site, resolve_layers, weight_site,
 )
 from kcs_tl.masks.attach import Attachment
+from kcs_tl.masks.gates import check_mode, keep_gate
 from kcs_tl.masks.relaxations import Relaxation, get_relaxation
 from kcs_tl.precision import at_least_fp32
 
-MODES = ("remove", "keep")
 ABLATIONS = ("zero", "mean", "learned")
-
-
-def keep_gate(m: Tensor, mode: str) -> Tensor:
-    """The multiplier the model computes with, given subnetwork membership ``m``."""
-    return 1 - m if mode == "remove" else m
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
-    return mode
 
 
 def _key(address: str) -> str:

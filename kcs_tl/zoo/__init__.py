@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kcs_tl.zoo.weights import load_weights
+
 __all__ = ["ZooModel", "load", "available", "MODELS", "MODEL_CLASSES"]
 
 _HERE = Path(__file__).resolve().parent
@@ -85,15 +87,6 @@ def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def load_weights(model, state: dict) -> None:
-    """Load every parameter of ``model`` from ``state`` (buffers such as rotary tables may be absent)."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    params = {n for n, _ in model.named_parameters()}
-    if unexpected or params & set(missing):
-        raise RuntimeError(f"weights do not match the config: missing {sorted(params & set(missing))}, "
-                           f"unexpected {unexpected}")
-
-
 def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None = None,
          model_class: str | None = None) -> ZooModel:
     """Load a built-in model offline (``path`` overrides the shipped directory, or the cache for a real model).
@@ -107,10 +100,10 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
     ``None`` picks ``"hooked"`` where TransformerLens still has it, else ``"bridge"``.
     """
     from kcs_tl import validate
-    from kcs_tl.adapters import hooked
+    from kcs_tl.adapters import HAS_HOOKED
 
     if model_class is None:
-        model_class = "hooked" if hooked.HookedTransformer is not None else "bridge"
+        model_class = "hooked" if HAS_HOOKED else "bridge"
     model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if name in DOWNLOADED:
         if model_class != "hooked":

