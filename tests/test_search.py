@@ -50,8 +50,8 @@ def test_cached_original_outputs_equal_a_fresh_forward(toy):
     fresh_lm = model(data.lm).softmax(-1).flatten(0, 1)
     torch.testing.assert_close(data.lm_ref.probs, fresh_lm)
     # the cached residual at the first masked layer, run through the rest, gives the same logits
-    from kcs_tl.adapters import head, run_from
-    resumed = head(model, run_from(model, data.control_resid, data.start)[data.control.label_mask])
+    from kcs_tl.adapters import run_from, to_logits
+    resumed = to_logits(model, run_from(model, data.control_resid, data.start)[data.control.label_mask])
     torch.testing.assert_close(resumed, model(data.control.tokens)[data.control.label_mask])
     # and the KL against the cache is zero for the unmasked model
     # the cache holds float32 probabilities computed in other batches: each within ~1e-7 of the fresh

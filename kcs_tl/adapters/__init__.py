@@ -66,7 +66,7 @@ hook_point = _dispatch("hook_point")
 readout = _dispatch("readout")
 residual_before = _dispatch("residual_before")
 run_from = _dispatch("run_from")
-head = _dispatch("head")
+to_logits = _dispatch("to_logits")
 
 activation_bytes = _shared(sites.activation_bytes)
 resolve_layers = _shared(sites.resolve_layers)
@@ -103,6 +103,6 @@ def wrap(hf_model, tokenizer=None, model_name: str = "custom"):
 
 __all__ = ["GRANULARITIES", "HAS_HOOKED", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Architecture", "Matrix",
            "Site", "activation_bytes", "activation_shape", "adapter", "architecture", "check_model", "check_site",
-           "fingerprint", "fingerprint_mismatch", "head", "hook_broadcast", "hook_point", "hook_site", "readout",
-           "residual_before", "resolve_layers", "run_from", "stored_layout", "unit", "weight_site",
+           "fingerprint", "fingerprint_mismatch", "hook_broadcast", "hook_point", "hook_site", "readout",
+           "residual_before", "resolve_layers", "run_from", "stored_layout", "to_logits", "unit", "weight_site",
            "weight_target", "weight_view", "wrap"]

@@ -203,7 +203,7 @@ def run_from(model: TransformerBridge, residual: Tensor, layer: int) -> Tensor:
     return _capture(model, placeholder, "ln_final.hook_in", (f"blocks.{layer}.hook_in", residual))
 
 
-def head(model: TransformerBridge, residual: Tensor) -> Tensor:
+def to_logits(model: TransformerBridge, residual: Tensor) -> Tensor:
     """Final norm and unembedding of residuals ``[..., d_model]`` -> logits ``[..., d_vocab]``."""
     flat = residual.reshape(1, -1, residual.shape[-1])
     logits = apply_softcap(model.unembed(model.ln_final(flat)), getattr(model.cfg, "output_logits_soft_cap", None))

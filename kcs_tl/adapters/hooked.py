@@ -97,7 +97,7 @@ def run_from(model: HookedTransformer, residual: torch.Tensor, layer: int) -> to
     return model(residual, start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
 
 
-def head(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
+def to_logits(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
     """Final layer norm and unembedding of residuals ``[..., d_model]`` -> logits ``[..., d_vocab]``.
 
     Lets a caller unembed only the positions it needs (TransformerLens's own

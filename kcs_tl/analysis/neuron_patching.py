@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kcs_tl import validate
-from kcs_tl.adapters import head, residual_before, run_from
+from kcs_tl.adapters import residual_before, run_from, to_logits
 from kcs_tl.analysis.answer_metrics import Metric, answer_logits
 
 _NAME = "blocks.{}.mlp.hook_post"
@@ -63,7 +63,7 @@ def patch_neurons(model, corrupted: Int[Tensor, "batch pos"], clean_post: dict[i
 
             with model.hooks(fwd_hooks=[(_NAME.format(layer), patch)]):
                 final = run_from(model, resid.repeat(n, 1, 1), layer).view(n, batch, n_pos, -1)
-            logits = head(model, final[:, rows, answer_pos.to(final.device)])
+            logits = to_logits(model, final[:, rows, answer_pos.to(final.device)])
             out[i, lo: lo + n] = metric(logits).float().cpu()
     return out
 

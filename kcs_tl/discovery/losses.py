@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from kcs_tl.adapters import head, run_from
+from kcs_tl.adapters import run_from, to_logits
 from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.discovery.prepare import SearchData
 from kcs_tl.discovery.teacher import Reference
@@ -49,8 +49,8 @@ def step_losses(masked: MaskedModel, data: SearchData, cfg: DiscoveryConfig, ste
     with masked.step():
         # Only the masked layers run; the KG sentences are unembedded at tail-predicting positions only.
         final = run_from(model, _stack(t_resid, c_resid), data.start)
-        t_logits = at_least_fp32(head(model, final[: len(t), :t_width][t.label_mask]))
-        c_logits = at_least_fp32(head(model, final[len(t):, :c_width][c.label_mask]))
+        t_logits = at_least_fp32(to_logits(model, final[: len(t), :t_width][t.label_mask]))
+        c_logits = at_least_fp32(to_logits(model, final[len(t):, :c_width][c.label_mask]))
         out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
         if data.control_ref is None:
             ref = _on_the_fly_reference(masked, c_resid, data.start, c.label_mask)
@@ -89,7 +89,7 @@ def _lm_kl(masked: MaskedModel, data: SearchData, lm_rows: Int[Tensor, "rows"],
     """
     model = masked.model
     resid = data.lm_resid[lm_rows]
-    logits = at_least_fp32(head(model, run_from(model, resid, data.start))).flatten(0, 1)
+    logits = at_least_fp32(to_logits(model, run_from(model, resid, data.start))).flatten(0, 1)
     if data.lm_ref is None:
         ref = _on_the_fly_reference(masked, resid, data.start)
     else:
@@ -111,4 +111,4 @@ def _on_the_fly_reference(masked: MaskedModel, resid: Float[Tensor, "batch pos d
     with masked.disabled():
         final = run_from(model, resid, start)
     final = final[positions] if positions is not None else final.flatten(0, 1)
-    return Reference.from_logits(head(model, final), None)
+    return Reference.from_logits(to_logits(model, final), None)

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kcs_tl import validate
-from kcs_tl.adapters import activation_bytes, head, residual_before, run_from
+from kcs_tl.adapters import activation_bytes, residual_before, run_from, to_logits
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.lm import lm_blocks, split_blocks
@@ -102,7 +102,7 @@ def _cache(model, tokens: Tensor, start: int, batch_size: int, bar, select=None,
         r = residual_before(model, tokens[lo : lo + batch_size], start)
         resid.append(r)
         if kind != "on_the_fly":
-            logits = head(model, run_from(model, r, start))
+            logits = to_logits(model, run_from(model, r, start))
             parts.append(Reference.from_logits(select(lo, logits), top_k if kind == "top_k" else None,
                                                _DTYPES[kind]))
         bar.update(len(r))
