@@ -3,12 +3,12 @@
 A random model with SmolLM2-135M's shape (30 layers, d_model 576, 9 query heads
 sharing 3 key/value heads, gated MLP 1536, RMSNorm, rotary, vocabulary 49,152;
 cost does not depend on trained weights) and synthetic facts and text. For each
-``reference`` setting: what the auto rule estimated and chose, preparation time,
+``teacher`` setting: what the auto rule estimated and chose, preparation time,
 median step time, and the process's peak resident memory. Target: the default
 configuration runs within a 24 GiB machine (the old default refused to start,
 asking for 12.4 GiB of cached outputs on the issue's data).
 
-    python benchmarks/large_vocab.py [--quick] [--lm-blocks 24] [--steps 3] [--references auto,on_the_fly]
+    python benchmarks/large_vocab.py [--quick] [--lm-blocks 24] [--steps 3] [--teachers auto,on_the_fly]
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run(shape: dict, reference: str, lm_blocks: int, steps: int, block_len: int) -> dict:
+def run(shape: dict, teacher: str, lm_blocks: int, steps: int, block_len: int) -> dict:
     model = HookedTransformer(HookedTransformerConfig(**shape, seed=0)).eval()
     target = synthetic_data(model, 90, 12, 1, 2)[0]  # 90 target sentences of 12 tokens
     control = synthetic_data(model, 450, 12, 1, 2, seed=5)[1]  # 900 control sentences
     lm = torch.randint(0, shape["d_vocab"], (lm_blocks, block_len), generator=torch.Generator().manual_seed(3))
-    cfg = DiscoveryConfig(reference=reference, progress=False, lm_block_len=block_len)  # otherwise the defaults
+    cfg = DiscoveryConfig(teacher=teacher, progress=False, lm_block_len=block_len)  # otherwise the defaults
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a random model knows no facts
@@ -60,7 +60,7 @@ def run(shape: dict, reference: str, lm_blocks: int, steps: int, block_len: int)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
     n_masks = sum(p.numel() for p in search.masked.scores.values())
-    return {"reference": reference, "chosen": search.data.setup["reference"],
+    return {"teacher": teacher, "chosen": search.data.setup["teacher"],
             "lm_blocks_per_backward": search.data.setup["lm_blocks_per_backward"], "prepare_s": prepare,
             "step_s": sorted(times)[len(times) // 2], "step_cpu_s": sorted(cpu)[len(cpu) // 2], "masks": n_masks,
             "peak_rss_gib": peak_rss_gib()}
@@ -71,15 +71,15 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="a 2-layer model, for the test suite")
     parser.add_argument("--lm-blocks", type=int, default=24)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--references", default="auto")
+    parser.add_argument("--teachers", default="auto")
     args = parser.parse_args(argv)
     shape, block_len = (QUICK, 64) if args.quick else (SMOLLM2_135M, 512)
     rows = []
-    for reference in args.references.split(","):
-        row = run(shape, reference, args.lm_blocks, args.steps, block_len)
+    for teacher in args.teachers.split(","):
+        row = run(shape, teacher, args.lm_blocks, args.steps, block_len)
         rows.append(row)
         verdict = "meets" if row["peak_rss_gib"] <= TARGET_GIB else "MISSES"
-        print(f"reference={reference!r}: {row['chosen']}, {row['lm_blocks_per_backward']} LM block(s) per "
+        print(f"teacher={teacher!r}: {row['chosen']}, {row['lm_blocks_per_backward']} LM block(s) per "
               f"backward; prepare {row['prepare_s']:.1f} s, step {row['step_s']:.2f} s wall, "
               f"{row['step_cpu_s']:.2f} s CPU (median of {args.steps}), {row['masks']:,} masks, peak RSS "
               f"{row['peak_rss_gib']:.2f} GiB ({verdict} <= {TARGET_GIB:g} GiB)", flush=True)

@@ -8,7 +8,7 @@
    Python's documentation (``load_prose``);
 4. the search with ``DiscoveryConfig``'s defaults for what is masked and how:
    every matrix of the chosen layers (W_K/W_V per key/value head as stored,
-   W_gate), ``reference="auto"``, BOS as the model was trained
+   W_gate), ``teacher="auto"``, BOS as the model was trained
    (``cfg.default_prepend_bos``); the graphs are passed as they are and encoded
    by the search. Every step is timed and one step's peak memory measured; the
    choices the search made (``Discovery.setup``) are printed;

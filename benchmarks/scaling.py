@@ -54,7 +54,7 @@ def measure(model, layers, kg, kg_len, lm_batch, lm_len, device, repeats, warmup
     """Step time, peak memory and masked-parameter count of one discover step with ``layers`` masked."""
     target, control, lm = synthetic_data(model, kg, kg_len, lm_batch, lm_len)
     cfg = DiscoveryConfig(layers=layers, kg_batch_size=kg, lm_batch_size=lm_batch, lm_block_len=lm_len,
-                          device=str(device), progress=False, reference_max_gib=8.0)
+                          device=str(device), progress=False, teacher_max_gib=8.0)
     with Search(model, target.to(device), control.to(device), lm.to(device), cfg) as search:
         masked = sum(p.numel() for p in search.masked.scores.values())
         seconds = median_seconds(search.step, device, repeats, warmup)

@@ -65,7 +65,7 @@ def finetune_step(model, target, control, lm, cfg: DiscoveryConfig):
     return step, undo
 
 
-def reference_step(model, target, control, lm, cfg: DiscoveryConfig):
+def published_step(model, target, control, lm, cfg: DiscoveryConfig):
     """(c): the published scheme's cost structure, written out plainly."""
     full = copy.deepcopy(model)  # the frozen full model the published code keeps beside the masked one
     masked = MaskedModel(model, weights=cfg.weights, layers=cfg.layers, init_prob=cfg.init_prob)
@@ -115,7 +115,7 @@ def measure(name, model, target, control, lm, cfg, device, repeats, warmup) -> d
         row["b_s"] = median_seconds(search.step, device, repeats, warmup)
         row["b_peak"] = peak_bytes(search.step, device)
         row["state"], row["weights"] = mask_state_bytes(search)
-    step, undo = reference_step(model, target, control, lm, cfg)
+    step, undo = published_step(model, target, control, lm, cfg)
     row["c_s"] = median_seconds(step, device, repeats, warmup)
     row["c_peak"] = peak_bytes(step, device)
     undo()
@@ -155,7 +155,7 @@ def gpt2_case(quick: bool, device: str, kg_batch: int, lm_batch: int, lm_len: in
         model = random_model(device=device)
     target, control, lm = synthetic_data(model, kg_batch, 12, lm_batch, lm_len)
     cfg = DiscoveryConfig(progress=False, kg_batch_size=kg_batch, lm_batch_size=lm_batch, device=device,
-                          reference_max_gib=8.0)
+                          teacher_max_gib=8.0)
     name = "random GPT-2-small shape" if not quick else "random tiny GPT-2 shape (--quick)"
     return f"{name} (KG {kg_batch}x12, LM {lm_batch}x{lm_len})", model, target, control, lm, cfg
 

@@ -231,9 +231,9 @@ BAD_INPUTS = [
     pytest.param(config(control_lm_weight=math.inf), ValueError, r"control_lm_weight", id="lm_weight-inf"),
     pytest.param(config(expression_weight=math.nan), ValueError, r"expression_weight", id="expression-nan"),
     pytest.param(config(sparsity_start=-1), ValueError, r"sparsity_start", id="sparsity_start-neg"),
-    pytest.param(config(reference_top_k=0), ValueError, r"reference_top_k must be an int >= 1, got 0", id="top_k-0"),
-    pytest.param(config(reference_top_k=1.5), TypeError, r"reference_top_k", id="top_k-float"),
-    pytest.param(config(reference_max_gib=0), ValueError, r"reference_max_gib .* > 0", id="max_gib-0"),
+    pytest.param(config(teacher_top_k=0), ValueError, r"teacher_top_k must be an int >= 1, got 0", id="top_k-0"),
+    pytest.param(config(teacher_top_k=1.5), TypeError, r"teacher_top_k", id="top_k-float"),
+    pytest.param(config(teacher_max_gib=0), ValueError, r"teacher_max_gib .* > 0", id="max_gib-0"),
     pytest.param(config(control_val_fraction=0), ValueError, r"control_val_fraction .* \(0, 1\)", id="val_fraction-0"),
     pytest.param(config(lm_val_fraction=1.2), ValueError, r"lm_val_fraction", id="lm_val_fraction-1.2"),
     pytest.param(config(early_stop="yes"), TypeError, r"early_stop must be True or False", id="early_stop-str"),
@@ -415,9 +415,9 @@ BAD_INPUTS = [
     pytest.param(lambda c: __import__("kcs_tl.zoo").zoo.load("tiny-world", model_class="bridged"), ValueError,
                  r"model_class must be one of \('hooked', 'bridge'\), got 'bridged'", id="zoo-model-class"),
     # -- architectures and the teacher cache (issue 15): refused before any forward pass ----------------
-    pytest.param(config(reference="topk"), ValueError, r"DiscoveryConfig.reference must be one of \('auto', 'full', "
-                 r"'fp16', 'top_k', 'on_the_fly'\), got 'topk'", id="reference-unknown"),
-    pytest.param(config(reference_top_k=None), TypeError, r"reference_top_k must be an int >= 1, got None",
+    pytest.param(config(teacher="topk"), ValueError, r"DiscoveryConfig.teacher must be one of \('auto', 'full', "
+                 r"'fp16', 'top_k', 'on_the_fly'\), got 'topk'", id="teacher-unknown"),
+    pytest.param(config(teacher_top_k=None), TypeError, r"teacher_top_k must be an int >= 1, got None",
                  id="top_k-none"),
     pytest.param(config(lm_chunk_max_gib=-1), ValueError, r"DiscoveryConfig.lm_chunk_max_gib must be a finite number > 0",
                  id="lm_chunk_max_gib-negative"),
@@ -430,9 +430,9 @@ BAD_INPUTS = [
                  r"^weights: GPT-2 style model has no \['W_gate'\]", id="attach-weights-not-in-architecture"),
     pytest.param(lambda c: c.discover(layers=(1, 7)), ValueError,
                  r"DiscoveryConfig.layers \[7\] out of range: this model has layers 0..1", id="layers-out-of-range"),
-    pytest.param(lambda c: c.discover(reference="full", reference_max_gib=1e-6), ValueError,
-                 r"reference='full': caching the original model's outputs at [\d,]+ positions \(vocabulary \d+\) "
-                 r"would take .* GiB > reference_max_gib=1e-06; use reference='auto'", id="reference-too-big"),
+    pytest.param(lambda c: c.discover(teacher="full", teacher_max_gib=1e-6), ValueError,
+                 r"teacher='full': caching the original model's outputs at [\d,]+ positions \(vocabulary \d+\) "
+                 r"would take .* GiB > teacher_max_gib=1e-06; use teacher='auto'", id="teacher-too-big"),
     pytest.param(lambda c: attach_masks(moe_model()), ValueError,
                  r"mixture-of-experts models \(num_experts=4\) are not supported", id="attach-moe"),
 ]

@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from kcs_tl import DiscoveryConfig, Subnetwork, architecture, attach_masks, discover
 from kcs_tl.discovery import Search
 from kcs_tl.discovery.prepare import count_known_facts, prepare
-from kcs_tl.discovery.teacher import plan_reference
+from kcs_tl.discovery.teacher import plan_teacher
 
 from conftest import toy_world
 
@@ -180,9 +180,9 @@ def _no_forward(*args, **kwargs):
     ({"weights": ("W_gate",)}, r"DiscoveryConfig.weights: GPT-2 style model has no \['W_gate'\] .*its maskable "
                                r"matrices are \('W_Q', 'W_K', 'W_V', 'W_O', 'W_in', 'W_out'\)"),
     ({"layers": (5,)}, r"DiscoveryConfig.layers \[5\] out of range: this model has layers 0..1"),
-    ({"reference": "full", "reference_max_gib": 1e-6}, r"reference='full': caching .* would take .* GiB > "
-                                                       r"reference_max_gib=1e-06; use reference='auto'"),
-    ({"reference": "fp16", "reference_max_gib": 1e-6}, r"reference='fp16'"),
+    ({"teacher": "full", "teacher_max_gib": 1e-6}, r"teacher='full': caching .* would take .* GiB > "
+                                                       r"teacher_max_gib=1e-06; use teacher='auto'"),
+    ({"teacher": "fp16", "teacher_max_gib": 1e-6}, r"teacher='fp16'"),
     ({"prepend_bos": "yes"}, r"DiscoveryConfig.prepend_bos must be True or False"),
 ])
 def test_configuration_errors_come_before_any_forward_pass(settings, message, monkeypatch):
@@ -197,15 +197,15 @@ def test_configuration_errors_come_before_any_forward_pass(settings, message, mo
 
 def test_the_auto_rule_on_a_135m_model_with_a_49k_vocabulary():
     """SmolLM2-135M-sized inputs: 1,000 ControlKG tail positions, 200 LM blocks of 512 tokens."""
-    plan = plan_reference("auto", 1_000, 200 * 512, 49_152, 100, 2.0)
+    plan = plan_teacher("auto", 1_000, 200 * 512, 49_152, 100, 2.0)
     assert plan.estimates["full"] == pytest.approx(18.94, abs=0.01)  # what the old default refused
     assert plan.estimates["fp16"] == pytest.approx(9.47, abs=0.01)
     assert (plan.control, plan.lm) == ("top_k", "top_k") and plan.gib == pytest.approx(0.116, abs=0.001)
-    huge = plan_reference("auto", 1_000, 20_000 * 512, 49_152, 100, 2.0)  # 10M LM positions: nothing fits
+    huge = plan_teacher("auto", 1_000, 20_000 * 512, 49_152, 100, 2.0)  # 10M LM positions: nothing fits
     assert (huge.control, huge.lm) == ("full", "on_the_fly")
-    small = plan_reference("auto", 100, 1_000, 50, 100, 2.0)
+    small = plan_teacher("auto", 100, 1_000, 50, 100, 2.0)
     assert (small.control, small.lm) == ("full", "full")
-    mixed = plan_reference("auto", 10, 1_000, 1_000, 100, 30e3 / 2**30)  # ControlKG fits in fp16, LM in nothing
+    mixed = plan_teacher("auto", 10, 1_000, 1_000, 100, 30e3 / 2**30)  # ControlKG fits in fp16, LM in nothing
     assert mixed.describe().startswith("control_kg fp16, control_lm on_the_fly")
 
 
@@ -217,8 +217,8 @@ def test_every_teacher_representation_gives_the_full_search(kind):
     with pytest.warns(UserWarning):
         full = discover(model, target, control, blocks, cfg)
         other = discover(model, target, control, blocks, DiscoveryConfig(**QUICK | {
-            "steps": 3, "eval_every": 3, "reference": kind, "reference_top_k": 40}))
-    assert full.setup["reference"].startswith("full") and other.setup["reference"].startswith(kind)
+            "steps": 3, "eval_every": 3, "teacher": kind, "teacher_top_k": 40}))
+    assert full.setup["teacher"].startswith("full") and other.setup["teacher"].startswith(kind)
     tol = {"fp16": 1e-3, "top_k": 2e-2, "on_the_fly": 1e-5}[kind]
     for term in ("control_kg", "control_lm"):
         torch.testing.assert_close(torch.tensor(other.history[term].to_numpy()),
@@ -228,8 +228,8 @@ def test_every_teacher_representation_gives_the_full_search(kind):
 def test_auto_computes_lm_outputs_on_the_fly_when_nothing_fits():
     model, target, control, blocks = family_world("neox")
     with pytest.warns(UserWarning):
-        found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK | {"reference_max_gib": 1e-5}))
-    assert "control_lm on_the_fly" in found.setup["reference"]
+        found = discover(model, target, control, blocks, DiscoveryConfig(**QUICK | {"teacher_max_gib": 1e-5}))
+    assert "control_lm on_the_fly" in found.setup["teacher"]
 
 
 # -- BOS and the known-facts warning -----------------------------------------------------------------

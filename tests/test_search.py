@@ -12,7 +12,7 @@ from kcs_tl.baselines import random_like
 from kcs_tl.data import encode
 from kcs_tl.discovery import DiscoveryConfig, discover
 from kcs_tl.discovery.prepare import prepare
-from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.discovery.terms import kl_uniform, sparsity_weight
 from kcs_tl.metrics import score_kg
 
@@ -27,13 +27,13 @@ def test_closed_form_kl_uniform_equals_the_explicit_one():
     torch.testing.assert_close(kl_uniform(logits), explicit)
 
 
-def test_reference_kl_full_and_top_k():
+def test_teacher_kl_full_and_top_k():
     p_logits, q_logits = torch.randn(4, 50) * 2, torch.randn(4, 50) * 2
     p, q = p_logits.log_softmax(-1), q_logits.log_softmax(-1)
     full = (p.exp() * (p - q)).sum(-1)
-    torch.testing.assert_close(Reference.from_logits(p_logits, None).kl(q_logits), full)
-    torch.testing.assert_close(Reference.from_logits(p_logits, 50).kl(q_logits), full)
-    top = Reference.from_logits(p_logits, 5).kl(q_logits)
+    torch.testing.assert_close(TeacherOutputs.from_logits(p_logits, None).kl(q_logits), full)
+    torch.testing.assert_close(TeacherOutputs.from_logits(p_logits, 50).kl(q_logits), full)
+    top = TeacherOutputs.from_logits(p_logits, 5).kl(q_logits)
     assert torch.all(top <= full + 1e-6) and torch.all(top >= 0)
 
 
@@ -46,9 +46,9 @@ def test_cached_original_outputs_equal_a_fresh_forward(toy):
     model, target, control, blocks = toy
     data = prepare(model, target, control, blocks, DiscoveryConfig(), torch.device("cpu"))
     fresh = model(data.control.tokens)[data.control.label_mask].softmax(-1)
-    torch.testing.assert_close(data.control_ref.probs, fresh)
+    torch.testing.assert_close(data.control_teacher.probs, fresh)
     fresh_lm = model(data.lm).softmax(-1).flatten(0, 1)
-    torch.testing.assert_close(data.lm_ref.probs, fresh_lm)
+    torch.testing.assert_close(data.lm_teacher.probs, fresh_lm)
     # the cached residual at the first masked layer, run through the rest, gives the same logits
     from kcs_tl.adapters import run_from, to_logits
     resumed = to_logits(model, run_from(model, data.control_resid, data.start)[data.control.label_mask])
@@ -56,7 +56,7 @@ def test_cached_original_outputs_equal_a_fresh_forward(toy):
     # and the KL against the cache is zero for the unmasked model
     # the cache holds float32 probabilities computed in other batches: each within ~1e-7 of the fresh
     # ones, so KL(cache || fresh) = sum_v (p_v - p'_v) z_v is 0 within ~1e-7 * |logits| (below 20 here)
-    torch.testing.assert_close(data.lm_ref.kl(model(data.lm).flatten(0, 1)), torch.zeros(len(fresh_lm)),
+    torch.testing.assert_close(data.lm_teacher.kl(model(data.lm).flatten(0, 1)), torch.zeros(len(fresh_lm)),
                                atol=1e-5, rtol=0)
 
 
@@ -161,3 +161,8 @@ def test_lagrangian_and_hard_concrete_options_run(toy):
                                      "hooks": ("mlp.hook_post",), "weights": (), "expression_weight": 0.5})
     found = discover(model, target, control, blocks, cfg)
     assert "expression" in found.history and found.subnetwork.sites.keys() == {"blocks.1.mlp.hook_post"}
+
+
+def test_configs_saved_under_the_earlier_teacher_field_names_still_load():
+    cfg = DiscoveryConfig.from_json({"reference": "fp16", "reference_top_k": 7, "reference_max_gib": 1.5})
+    assert (cfg.teacher, cfg.teacher_top_k, cfg.teacher_max_gib) == ("fp16", 7, 1.5)

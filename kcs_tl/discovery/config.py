@@ -13,7 +13,7 @@ import torch
 
 from kcs_tl import validate
 from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
-from kcs_tl.discovery.teacher import REFERENCES
+from kcs_tl.discovery.teacher import TEACHERS
 from kcs_tl.discovery.terms import SUPPRESSIONS
 from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
 from kcs_tl.metrics import Criteria
@@ -37,9 +37,9 @@ class DiscoveryConfig:
     (``target_sparsity=None``) and the released 40,000 steps.
 
     Defaults that adapt to the model: ``weights=None`` masks every matrix its
-    architecture has (``kcs_tl.architecture``); ``reference="auto"`` keeps the
+    architecture has (``kcs_tl.architecture``); ``teacher="auto"`` keeps the
     original model's outputs in the most faithful form that fits in
-    ``reference_max_gib`` (``kcs_tl.discovery.teacher``); ``prepend_bos=None`` encodes
+    ``teacher_max_gib`` (``kcs_tl.discovery.teacher``); ``prepend_bos=None`` encodes
     facts and text with a BOS only when the model's ``cfg.default_prepend_bos``
     says so. Every setting is checked against the model before any forward pass.
     """
@@ -70,9 +70,9 @@ class DiscoveryConfig:
     kg_batch_size: int = 250
     lm_batch_size: int = 10
     lm_block_len: int = 512  # capped at the model's n_ctx
-    reference: str = "auto"  # the original outputs: "full", "fp16", "top_k", "on_the_fly" (discovery.teacher)
-    reference_top_k: int = 100  # k of the "top_k" representation
-    reference_max_gib: float = 2.0  # memory budget of the cached outputs
+    teacher: str = "auto"  # the original outputs: "full", "fp16", "top_k", "on_the_fly" (discovery.teacher)
+    teacher_top_k: int = 100  # k of the "top_k" representation
+    teacher_max_gib: float = 2.0  # memory budget of the cached outputs
     lm_chunk_max_gib: float = 1.0  # activations of the LM blocks backpropagated together (estimated)
     prepend_bos: bool | None = None  # None: the model's cfg.default_prepend_bos
     # Validation, stopping, checkpoints.
@@ -121,6 +121,7 @@ class DiscoveryConfig:
     def from_json(cls, data: dict) -> "DiscoveryConfig":
         if not isinstance(data, dict):
             raise TypeError(f"a DiscoveryConfig is read from a JSON object of its fields, got {validate.given(data)}")
+        data = {RENAMED.get(k, k): v for k, v in data.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -129,6 +130,10 @@ class DiscoveryConfig:
             raise ValueError(f"unknown config fields {unknown}{hint}; the valid fields are those of "
                              "kcs_tl.DiscoveryConfig (help(kcs_tl.DiscoveryConfig))")
         return cls(**data)
+
+
+RENAMED = {"reference": "teacher", "reference_top_k": "teacher_top_k", "reference_max_gib": "teacher_max_gib"}
+"""Fields under their earlier names, as configs saved in run folders and checkpoints hold them."""
 
 
 def _criteria(name: str, value) -> Criteria:
@@ -175,9 +180,9 @@ FIELD_CHECKS = {
     "kg_batch_size": partial(_v.integer, low=1),
     "lm_batch_size": partial(_v.integer, low=1),
     "lm_block_len": partial(_v.integer, low=2),
-    "reference": partial(_v.choice, options=REFERENCES),
-    "reference_top_k": partial(_v.integer, low=1),
-    "reference_max_gib": partial(_v.number, low=0, low_open=True),
+    "teacher": partial(_v.choice, options=TEACHERS),
+    "teacher_top_k": partial(_v.integer, low=1),
+    "teacher_max_gib": partial(_v.number, low=0, low_open=True),
     "lm_chunk_max_gib": partial(_v.number, low=0, low_open=True),
     "prepend_bos": partial(_v.optional, _v.boolean),
     "control_val_fraction": _v.fraction,

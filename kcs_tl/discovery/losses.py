@@ -16,14 +16,14 @@ from torch import Tensor
 from kcs_tl.adapters import run_from, to_logits
 from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.discovery.prepare import SearchData
-from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.discovery.terms import Lagrangian, sparsity_weight, suppression
 from kcs_tl.masks.masked_model import MaskedModel
 from kcs_tl.precision import at_least_fp32
 
 
 def _rows(n: int, size: int, gen: torch.Generator) -> Tensor:
-    """A sorted random minibatch of row indices (sorted, so cached references line up)."""
+    """A sorted random minibatch of row indices (sorted, so the cached teacher outputs line up)."""
     return torch.arange(n) if size >= n else torch.randperm(n, generator=gen)[:size].sort().values
 
 
@@ -52,11 +52,11 @@ def step_losses(masked: MaskedModel, data: SearchData, cfg: DiscoveryConfig, ste
         t_logits = at_least_fp32(to_logits(model, final[: len(t), :t_width][t.label_mask]))
         c_logits = at_least_fp32(to_logits(model, final[len(t):, :c_width][c.label_mask]))
         out["target"] = suppression(t_logits, t.labels[t.label_mask], cfg.suppression, cfg.suppression_log_margin)
-        if data.control_ref is None:
-            ref = _on_the_fly_reference(masked, c_resid, data.start, c.label_mask)
+        if data.control_teacher is None:
+            ref = _on_the_fly_teacher(masked, c_resid, data.start, c.label_mask)
         else:
-            ref_rows = torch.isin(data.control_ref_rows, c_rows.to(data.control_ref_rows.device))
-            ref = data.control_ref[torch.nonzero(ref_rows)[:, 0]]
+            ref_rows = torch.isin(data.control_teacher_rows, c_rows.to(data.control_teacher_rows.device))
+            ref = data.control_teacher[torch.nonzero(ref_rows)[:, 0]]
         out["control_kg"] = ref.kl(c_logits).mean()
         chunks = lm_rows.split(data.lm_chunk)
         if len(chunks) == 1:
@@ -90,12 +90,12 @@ def _lm_kl(masked: MaskedModel, data: SearchData, lm_rows: Int[Tensor, "rows"],
     model = masked.model
     resid = data.lm_resid[lm_rows]
     logits = at_least_fp32(to_logits(model, run_from(model, resid, data.start))).flatten(0, 1)
-    if data.lm_ref is None:
-        ref = _on_the_fly_reference(masked, resid, data.start)
+    if data.lm_teacher is None:
+        ref = _on_the_fly_teacher(masked, resid, data.start)
     else:
         positions = (lm_rows[:, None] * data.lm.shape[1]
                      + torch.arange(data.lm.shape[1], device=lm_rows.device)).flatten()
-        ref = data.lm_ref[positions]
+        ref = data.lm_teacher[positions]
     total = ref.kl(logits).sum()
     if backward_weight is None:
         return total
@@ -104,11 +104,11 @@ def _lm_kl(masked: MaskedModel, data: SearchData, lm_rows: Int[Tensor, "rows"],
 
 
 @torch.no_grad()
-def _on_the_fly_reference(masked: MaskedModel, resid: Float[Tensor, "batch pos d_model"], start: int,
-                          positions: Bool[Tensor, "batch pos"] | None = None) -> Reference:
+def _on_the_fly_teacher(masked: MaskedModel, resid: Float[Tensor, "batch pos d_model"], start: int,
+                        positions: Bool[Tensor, "batch pos"] | None = None) -> TeacherOutputs:
     """The original model's distributions, computed now (masks off) from cached residuals: ``on_the_fly``."""
     model = masked.model
     with masked.disabled():
         final = run_from(model, resid, start)
     final = final[positions] if positions is not None else final.flatten(0, 1)
-    return Reference.from_logits(to_logits(model, final), None)
+    return TeacherOutputs.from_logits(to_logits(model, final), None)

@@ -24,7 +24,7 @@ from kcs_tl.data.lm import lm_blocks, split_blocks
 from kcs_tl.data.splits import check_disjoint, holdout
 from kcs_tl.data.verbalise import encode
 from kcs_tl.discovery.config import DiscoveryConfig
-from kcs_tl.discovery.teacher import Reference, plan_reference
+from kcs_tl.discovery.teacher import TeacherOutputs, plan_teacher
 from kcs_tl.masks.masked_model import plan_sites
 from kcs_tl.metrics import kg_metrics, lm_metrics, score_kg, score_lm
 
@@ -76,9 +76,9 @@ class SearchData:
     control_val: KGBatch
     lm: Int[Tensor, "n block"]
     lm_val: Int[Tensor, "n block"]
-    control_ref: Reference | None  # per control label position, in row order; None: computed each step
-    control_ref_rows: Int[Tensor, "n_labels"]
-    lm_ref: Reference | None  # per LM position, block-major; None: computed each step
+    control_teacher: TeacherOutputs | None  # per control label position, in row order; None: computed each step
+    control_teacher_rows: Int[Tensor, "n_labels"]
+    lm_teacher: TeacherOutputs | None  # per LM position, block-major; None: computed each step
     start: int  # first masked layer: below it nothing changes during the search
     target_resid: Float[Tensor, "n_target pos d_model"]  # residual stream entering ``start``
     control_resid: Float[Tensor, "n_control pos d_model"]
@@ -94,7 +94,7 @@ _DTYPES = {"full": torch.float32, "fp16": torch.float16, "top_k": torch.float32}
 
 @torch.no_grad()
 def _cache(model, tokens: Tensor, start: int, batch_size: int, bar, select=None, kind: str = "on_the_fly",
-           top_k: int = 0) -> tuple[Tensor, Reference | None]:
+           top_k: int = 0) -> tuple[Tensor, TeacherOutputs | None]:
     """One pass over ``tokens``: the residual entering layer ``start`` and, unless ``kind`` is
     ``on_the_fly``, the original model's distributions at the positions ``select(lo, logits)`` picks."""
     resid, parts = [], []
@@ -103,10 +103,10 @@ def _cache(model, tokens: Tensor, start: int, batch_size: int, bar, select=None,
         resid.append(r)
         if kind != "on_the_fly":
             logits = to_logits(model, run_from(model, r, start))
-            parts.append(Reference.from_logits(select(lo, logits), top_k if kind == "top_k" else None,
+            parts.append(TeacherOutputs.from_logits(select(lo, logits), top_k if kind == "top_k" else None,
                                                _DTYPES[kind]))
         bar.update(len(r))
-    return torch.cat(resid), Reference.cat(parts) if parts else None
+    return torch.cat(resid), TeacherOutputs.cat(parts) if parts else None
 
 
 def count_known_facts(model, batch: KGBatch, k: int = 10) -> tuple[int, int]:
@@ -139,8 +139,8 @@ def prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device,
     c, c_val = (b.to(device) for b in _split_by_triplet(c_all, cfg.control_val_fraction, cfg.seed))
     lm, lm_val = (b.to(device) for b in split_blocks(_as_lm_blocks(control_lm, model, cfg.lm_block_len, bos),
                                                      cfg.lm_val_fraction, cfg.seed))
-    plan = plan_reference(cfg.reference, int(c.label_mask.sum()), lm.numel(), model.cfg.d_vocab,
-                          cfg.reference_top_k, cfg.reference_max_gib)
+    plan = plan_teacher(cfg.teacher, int(c.label_mask.sum()), lm.numel(), model.cfg.d_vocab,
+                        cfg.teacher_top_k, cfg.teacher_max_gib)
     per_block = activation_bytes(model, model.cfg.n_layers - start, lm.shape[1])
     chunk = max(1, int(cfg.lm_chunk_max_gib * 2**30 // per_block))
     known, n_facts = count_known_facts(model, t)
@@ -150,18 +150,18 @@ def prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device,
     bar = tqdm(total=len(t) + len(c) + len(lm), desc="prepare", unit="row", disable=not cfg.progress)
     with bar:
         target_resid, _ = _cache(model, t.tokens, start, cfg.kg_batch_size, bar)
-        control_resid, control_ref = _cache(model, c.tokens, start, cfg.kg_batch_size, bar,
-                                            lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
-                                            plan.control, plan.top_k)
-        lm_resid, lm_ref = _cache(model, lm, start, cfg.lm_batch_size, bar, lambda lo, lg: lg.flatten(0, 1),
-                                  plan.lm, plan.top_k)
+        control_resid, control_teacher = _cache(model, c.tokens, start, cfg.kg_batch_size, bar,
+                                                lambda lo, lg: lg[c.label_mask[lo : lo + len(lg)]],
+                                                plan.control, plan.top_k)
+        lm_resid, lm_teacher = _cache(model, lm, start, cfg.lm_batch_size, bar, lambda lo, lg: lg.flatten(0, 1),
+                                      plan.lm, plan.top_k)
     return SearchData(
         target=t, control=c, control_val=c_val, lm=lm, lm_val=lm_val,
-        control_ref=control_ref, control_ref_rows=torch.nonzero(c.label_mask)[:, 0],
-        lm_ref=lm_ref, start=start, target_resid=target_resid, control_resid=control_resid, lm_resid=lm_resid,
+        control_teacher=control_teacher, control_teacher_rows=torch.nonzero(c.label_mask)[:, 0],
+        lm_teacher=lm_teacher, start=start, target_resid=target_resid, control_resid=control_resid, lm_resid=lm_resid,
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
         lm_chunk=chunk,
-        setup={"prepend_bos": bos, "reference": plan.describe(), "target_known": f"{known}/{n_facts}",
+        setup={"prepend_bos": bos, "teacher": plan.describe(), "target_known": f"{known}/{n_facts}",
                "lm_blocks_per_backward": min(chunk, cfg.lm_batch_size)},
     )

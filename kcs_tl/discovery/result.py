@@ -15,7 +15,7 @@ class Discovery:
     """A search's result: the subnetwork, the history (one row per step) and why it stopped.
 
     ``setup`` records what the search chose for itself: ``prepend_bos`` (whether
-    text and facts were encoded with a BOS), ``reference`` (how the original
+    text and facts were encoded with a BOS), ``teacher`` (how the original
     model's outputs were kept, ``kcs_tl.discovery.teacher``) and ``target_known``
     (TargetKG facts whose gold tail the original model ranks in its top 10).
     """

@@ -1,6 +1,6 @@
 """How the search keeps the original model's outputs (the teacher of its KL terms), within a memory budget.
 
-A kept output is a ``Reference``; ``plan_reference`` picks its form.
+A kept output is a ``TeacherOutputs``; ``plan_teacher`` picks its form.
 
 The ControlKG and ControlLM terms compare the masked model with the original
 one at every control position. The original's outputs never change, so the
@@ -18,9 +18,9 @@ representation          bytes/position   the KL it gives
                                          more, without masks and without gradients
 ======================  ===============  =============================================
 
-``reference="auto"`` (the default) takes, for all control positions together,
+``teacher="auto"`` (the default) takes, for all control positions together,
 the first of ``full``, ``fp16``, ``top_k`` whose cache fits in
-``reference_max_gib``; when none does, LM positions are computed on the fly
+``teacher_max_gib``; when none does, LM positions are computed on the fly
 and the (few) ControlKG positions take the first that fits on their own
 (on the fly too if nothing does). Any other value forces that representation,
 and a cache that would not fit is refused before any forward pass.
@@ -36,7 +36,7 @@ from torch import Tensor
 
 from kcs_tl.precision import at_least_fp32
 
-REFERENCES = ("auto", "full", "fp16", "top_k", "on_the_fly")
+TEACHERS = ("auto", "full", "fp16", "top_k", "on_the_fly")
 _CACHED = ("full", "fp16", "top_k")
 GIB = 2**30
 
@@ -47,7 +47,7 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 @dataclass
-class Reference:
+class TeacherOutputs:
     """The original model's output distributions at some positions, cached once.
 
     Full (``indices is None``): ``probs`` over the vocabulary (fp32, or fp16 to
@@ -84,11 +84,11 @@ class Reference:
                    None if parts[0].indices is None else torch.cat([p.indices for p in parts]))
 
     def __getitem__(self, rows) -> "Reference":
-        return Reference(self.probs[rows], self.neg_entropy[rows],
+        return TeacherOutputs(self.probs[rows], self.neg_entropy[rows],
                          None if self.indices is None else self.indices[rows])
 
     def kl(self, logits: Float[Tensor, "n vocab"]) -> Float[Tensor, "n"]:
-        """KL(p_reference || softmax(logits)) per row."""
+        """KL(p_teacher || softmax(logits)) per row."""
         lse = logits.logsumexp(-1)
         probs = self.probs.to(logits.dtype)
         if self.indices is None:  # rounded (fp16) probabilities may not sum to 1: weight the lse by their mass
@@ -108,7 +108,7 @@ def bytes_per_position(kind: str, vocab: int, top_k: int) -> int:
 
 
 @dataclass(frozen=True)
-class ReferencePlan:
+class TeacherPlan:
     """Which representation the ControlKG and the ControlLM teachers use, and what the cache costs."""
 
     control: str
@@ -128,8 +128,8 @@ class ReferencePlan:
         return f"{parts}: {self.gib:.3g} GiB cached"
 
 
-def plan_reference(mode: str, n_control: int, n_lm: int, vocab: int, top_k: int,
-                   max_gib: float) -> ReferencePlan:
+def plan_teacher(mode: str, n_control: int, n_lm: int, vocab: int, top_k: int,
+                 max_gib: float) -> TeacherPlan:
     """The representation for ``n_control`` ControlKG and ``n_lm`` ControlLM positions (see the module rule)."""
     def gib(kind: str, n: int) -> float:
         return n * bytes_per_position(kind, vocab, top_k) / GIB
@@ -138,12 +138,12 @@ def plan_reference(mode: str, n_control: int, n_lm: int, vocab: int, top_k: int,
     estimates = {kind: gib(kind, n) for kind in _CACHED}
     if mode != "auto":
         if mode != "on_the_fly" and estimates[mode] > max_gib:
-            raise ValueError(f"reference={mode!r}: caching the original model's outputs at {n:,} positions "
-                             f"(vocabulary {vocab:,}) would take {estimates[mode]:.1f} GiB > reference_max_gib="
-                             f"{max_gib:g}; use reference='auto' (picks one that fits) or raise reference_max_gib")
-        return ReferencePlan(mode, mode, top_k, gib(mode, n), estimates)
+            raise ValueError(f"teacher={mode!r}: caching the original model's outputs at {n:,} positions "
+                             f"(vocabulary {vocab:,}) would take {estimates[mode]:.1f} GiB > teacher_max_gib="
+                             f"{max_gib:g}; use teacher='auto' (picks one that fits) or raise teacher_max_gib")
+        return TeacherPlan(mode, mode, top_k, gib(mode, n), estimates)
     for kind in _CACHED:
         if estimates[kind] <= max_gib:
-            return ReferencePlan(kind, kind, top_k, estimates[kind], estimates)
+            return TeacherPlan(kind, kind, top_k, estimates[kind], estimates)
     control = next((kind for kind in _CACHED if gib(kind, n_control) <= max_gib), "on_the_fly")
-    return ReferencePlan(control, "on_the_fly", top_k, gib(control, n_control), estimates)
+    return TeacherPlan(control, "on_the_fly", top_k, gib(control, n_control), estimates)

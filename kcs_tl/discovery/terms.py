@@ -1,4 +1,4 @@
-"""The loss terms of the search: suppression and sparsity (maintenance is ``teacher.Reference.kl``).
+"""The loss terms of the search: suppression and sparsity (maintenance is ``teacher.TeacherOutputs.kl``).
 
 All KG terms read the logits at the positions that PREDICT a tail token (the
 position before it); the published training code read the tail's own position.

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from kcs_tl import validate
 from kcs_tl.baselines.random import random_like
-from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.interventions.task import InterventionTask, Prompts
 from kcs_tl.subnetwork import Subnetwork
 
@@ -48,10 +48,10 @@ def lm_logits(model, blocks: Int[Tensor, "n block"], batch_size: int = 16) -> Te
     return torch.cat(out)
 
 
-def _lm_scores(logits: Tensor, blocks: Tensor, reference: Reference) -> dict[str, float]:
+def _lm_scores(logits: Tensor, blocks: Tensor, teacher: TeacherOutputs) -> dict[str, float]:
     gold = blocks[:, 1:].reshape(-1)
     nll = torch.nn.functional.cross_entropy(logits, gold)
-    return {"lm_ppl": math.exp(nll.item()), "lm_kl": reference.kl(logits).mean().item()}
+    return {"lm_ppl": math.exp(nll.item()), "lm_kl": teacher.kl(logits).mean().item()}
 
 
 @dataclass
@@ -103,7 +103,7 @@ def evaluate_intervention(model, task: InterventionTask, subnetwork: Subnetwork,
     n_random = validate.integer("n_random", n_random, 0)
     seed = validate.integer("seed", seed, 0)
     original_lm = lm_logits(model, task.lm_test)
-    reference = Reference.from_logits(original_lm, None)
+    teacher = TeacherOutputs.from_logits(original_lm, None)
 
     def scores(ctx, lm: Tensor | None = None) -> dict[str, float]:
         """The effect and LM scores under ``ctx``; ``lm``: its LM logits when already computed."""
@@ -111,7 +111,7 @@ def evaluate_intervention(model, task: InterventionTask, subnetwork: Subnetwork,
             row = {f"test_{task.effect_name}": task.effect(prompt_logits(model, task.test), task.test),
                    f"train_{task.effect_name}": task.effect(prompt_logits(model, task.train), task.train)}
             lm = lm_logits(model, task.lm_test) if lm is None else lm
-            return row | _lm_scores(lm, task.lm_test, reference)
+            return row | _lm_scores(lm, task.lm_test, teacher)
 
     rows = {"original": scores(nullcontext(), original_lm), "intervened": scores(subnetwork.removed(model))}
     if n_random:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from kcs_tl import validate
 from kcs_tl.adapters import HOOK_NAMES, check_model
-from kcs_tl.discovery.teacher import Reference
+from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.discovery.terms import Lagrangian
 from kcs_tl.interventions import reinforce
 from kcs_tl.interventions.counting import count_forwards
@@ -163,7 +163,7 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     layers = config.layers if config.layers is not None else tuple(range(model.cfg.n_layers))
-    reference = Reference.from_logits(lm_logits(model, task.lm).to(device), None)
+    teacher = TeacherOutputs.from_logits(lm_logits(model, task.lm).to(device), None)
     positions = torch.arange(task.lm.shape[1] - 1)
     relaxation = reinforce.Bernoulli() if config.method == "reinforce" else "hard_concrete"
     masked = MaskedModel(model, weights=(), hooks=config.hooks, layers=layers, relaxation=relaxation,
@@ -196,7 +196,7 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
                 with masked.step() as masks:
                     task_loss = task.loss(p.read(model(p.tokens)), p)
                     logits = model(lm[lm_rows])[:, :-1]
-                    ref = reference[(lm_rows[:, None] * len(positions) + positions).reshape(-1).to(device)]
+                    ref = teacher[(lm_rows[:, None] * len(positions) + positions).reshape(-1).to(device)]
                     kl = ref.kl(logits.reshape(-1, logits.shape[-1]).float()).mean()
                     loss = task_loss + config.kl_weight * kl
                     density = masked.expected_density()
