@@ -12,7 +12,7 @@ For the components both cover (heads or neurons of the masked layers):
 A component is "in" the subnetwork when its fraction exceeds the mean fraction of
 its kind (denser than the subnetwork is on average; for head or neuron masks this is
 simply membership). The same numbers for random subnetworks of the same size per
-site (``kcs_tl.random_like``) are the reference a real agreement must beat; their
+site (``kcs_tl.random_like``) are the baseline a real agreement must beat; their
 members are as many of their densest components as the real subnetwork has members,
 so the sets compared are of equal size.
 """
@@ -99,7 +99,7 @@ def _scores(table: pd.DataFrame, effect: pd.Series, ks: Sequence[int],
 
 @dataclass
 class Comparison:
-    """``table``: one row per (metric, k): the subnetwork's value, the random reference's mean and std."""
+    """``table``: one row per (metric, k): the subnetwork's value, the random subnetworks' mean and std."""
 
     table: pd.DataFrame
     kind: str
@@ -129,7 +129,7 @@ class Comparison:
                               "random_std": self.value(m, kk, "random_std")} for m, kk in rows])
 
     def plot(self, metric: str = "jaccard", ax=None):
-        """``metric`` against k for the subnetwork and the random reference (mean +- std); returns the figure."""
+        """``metric`` against k for the subnetwork and the random subnetworks (mean +- std); returns the figure."""
         return plot_overlap(self, metric, ax)
 
     def __repr__(self) -> str:
@@ -150,11 +150,11 @@ def random_components(subnetwork: Subnetwork, n_random: int = 20, seed: int = 0)
 
 
 def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] | None = None,
-            n_random: int = 20, seed: int = 0, reference: list[pd.DataFrame] | None = None) -> Comparison:
+            n_random: int = 20, seed: int = 0, randoms: list[pd.DataFrame] | None = None) -> Comparison:
     """Agreement of ``subnetwork`` with ``patching`` (head or neuron granularity), and of random ones.
 
     Only components present in both are compared (the patched components of the
-    subnetwork's masked layers); patching scores are absolute effects. ``reference``
+    subnetwork's masked layers); patching scores are absolute effects. ``randoms``
     reuses ``random_components(subnetwork, n_random, seed)`` across several comparisons.
     """
     if not isinstance(subnetwork, Subnetwork):
@@ -163,8 +163,8 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
         raise TypeError(f"patching must be a PatchingResult (kcs_tl.analysis.patch / attribute), "
                         f"got {validate.given(patching)}")
     kind = validate.choice("patching.granularity", patching.granularity, ("head", "neuron"))
-    reference = random_components(subnetwork, n_random, seed) if reference is None else reference
-    n_random = len(reference)
+    randoms = random_components(subnetwork, n_random, seed) if randoms is None else randoms
+    n_random = len(randoms)
 
     def aligned(table: pd.DataFrame) -> pd.DataFrame:
         return table[table.kind == kind].merge(patching.table[["component", "effect"]], on="component")
@@ -179,13 +179,13 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
     effect = table["effect"].abs().fillna(0)
     real = _scores(table, effect, ks)
     members = int(_members(table).sum())
-    randoms = [_scores(aligned(r), effect, ks, members) for r in reference]
+    random_scores = [_scores(aligned(r), effect, ks, members) for r in randoms]
     rows = []
     for (metric, k), value in real.items():
-        ref = np.array([r[metric, k] for r in randoms], float)
+        chance = np.array([r[metric, k] for r in random_scores], float)
         rows.append({"metric": metric, "k": k, "subnetwork": value,
-                     "random": float(np.nanmean(ref)) if n_random else float("nan"),
-                     "random_std": float(np.nanstd(ref)) if n_random else float("nan")})
+                     "random": float(np.nanmean(chance)) if n_random else float("nan"),
+                     "random_std": float(np.nanstd(chance)) if n_random else float("nan")})
     frame = pd.DataFrame(rows)
     frame["k"] = frame["k"].astype("Int64")
     return Comparison(frame, kind, len(table), members, n_random,

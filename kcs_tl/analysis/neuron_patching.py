@@ -73,7 +73,7 @@ def patch_neurons_looped(model, corrupted: Int[Tensor, "batch pos"],
                          clean_post: dict[int, Float[Tensor, "batch pos d_mlp"]], metric: Metric,
                          answer_pos: Int[Tensor, "batch"], layers: Sequence[int],
                          corrupt_hooks: list | None = None) -> Float[Tensor, "layer d_mlp"]:
-    """The same numbers, one full forward per neuron with a plain hook: the reference ``patch_neurons``
+    """The same numbers, one full forward per neuron with a plain hook: what ``patch_neurons``
     is tested and benchmarked against."""
     out = torch.empty(len(layers), model.cfg.d_mlp)
     for i, layer in enumerate(layers):

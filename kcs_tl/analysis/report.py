@@ -123,8 +123,8 @@ def report(model, subnetwork: Subnetwork, target: KnowledgeGraph, path: str | Pa
         results[f"{kind} (attribution)"] = attribute(model, prompts, kind, metric, corruption, layers)
         seconds[f"{kind} patching"] = results[kind].seconds
         seconds[f"{kind} attribution"] = results[f"{kind} (attribution)"].seconds
-    reference = random_components(subnetwork, n_random, seed)
-    comparisons = {name: compare(subnetwork, r, reference=reference) for name, r in results.items()
+    randoms = random_components(subnetwork, n_random, seed)
+    comparisons = {name: compare(subnetwork, r, randoms=randoms) for name, r in results.items()
                    if r.granularity in set(table.kind)}
     views = [attention_view(model, subnetwork, _sentences(target, 3)),
              logprob_view(model, subnetwork, {"target": _sentences(target, 6),
