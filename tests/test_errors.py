@@ -21,6 +21,8 @@ from safetensors.torch import save_file
 from torch.nn.utils import parametrize
 
 import kcs_tl.cli as cli
+import kcs_tl.cli.demo as cli_demo
+import kcs_tl.cli.discover as cli_discover
 import kcs_tl.discovery.search as search
 import kcs_tl.masks.masked_model as masked_model
 from kcs_tl import (
@@ -595,14 +597,15 @@ def test_every_config_field_is_validated():
 
 def test_a_second_ctrl_c_during_the_evaluation_keeps_the_found_subnetwork(toy, tmp_path, monkeypatch, capsys):
     model, target, control, blocks = toy
-    monkeypatch.setattr(cli, "evaluate", _interrupt)
+    monkeypatch.setattr(cli_discover, "evaluate", _interrupt)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        cli.run(model, target, control, blocks, DiscoveryConfig(**QUICK | {"steps": 2, "eval_every": 2}), out, False)
+        cli_discover.run(model, target, control, blocks, DiscoveryConfig(**QUICK | {"steps": 2, "eval_every": 2}), out,
+                         False)
     assert "the subnetwork found is saved in" in capsys.readouterr().err
     Subnetwork.load(out / "subnetwork", model=model)
     assert sorted(p.name for p in out.iterdir()) == [".kcs_tl", "history.csv", "subnetwork"]
-    monkeypatch.setattr(cli, "cmd_demo", _interrupt)
+    monkeypatch.setattr(cli_demo, "command", _interrupt)
     with pytest.raises(SystemExit) as info:  # the command line exits with 130, without a traceback
         cli.main(["demo"])
     assert info.value.code == 130 and capsys.readouterr().err == "kcs-tl demo: interrupted\n"

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from kcs_tl import DiscoveryConfig
-from kcs_tl.cli import main, run
+from kcs_tl.cli import main
+from kcs_tl.cli.discover import run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -17,7 +18,7 @@ NETWORK = [r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", r"""from\s*["']http
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, builtin):
-    """What ``kcs-tl demo`` runs (``cli.run``), with a short search and a smaller control set."""
+    """What ``kcs-tl demo`` runs (``kcs_tl.cli.discover.run``), with a short search and a smaller control set."""
     z, task = builtin
     out = tmp_path_factory.mktemp("report") / "demo"
     cfg = DiscoveryConfig(steps=8, eval_every=4, kg_batch_size=16, lm_batch_size=2, progress=False)

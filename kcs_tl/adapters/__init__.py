@@ -101,8 +101,25 @@ def wrap(hf_model, tokenizer=None, model_name: str = "custom"):
     return bridge.wrap(hf_model, tokenizer, model_name)
 
 
+def pretrained_names() -> list[str] | None:
+    """The names TransformerLens's own loader knows; None on 4.x, whose bridge takes any Hugging Face name."""
+    return hooked.pretrained_names() if HAS_HOOKED else None
+
+
+def is_pretrained_name(name: str) -> bool:
+    """Whether TransformerLens's own loader takes ``name`` (on 4.x: any name; loading says if it fails)."""
+    return hooked.is_pretrained_name(name) if HAS_HOOKED else True
+
+
+def load_pretrained(name: str):
+    """TransformerLens's own loader, from local weights: ``HookedTransformer.from_pretrained`` on 3.x,
+    ``TransformerBridge.boot_transformers`` on 4.x."""
+    return hooked.load_pretrained(name) if HAS_HOOKED else bridge.load_pretrained(name)
+
+
 __all__ = ["GRANULARITIES", "HAS_HOOKED", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Architecture", "Matrix",
            "Site", "activation_bytes", "activation_shape", "adapter", "architecture", "check_model", "check_site",
-           "fingerprint", "fingerprint_mismatch", "hook_broadcast", "hook_point", "hook_site", "readout",
+           "fingerprint", "fingerprint_mismatch", "hook_broadcast", "hook_point", "hook_site", "is_pretrained_name",
+           "load_pretrained", "pretrained_names", "readout",
            "residual_before", "resolve_layers", "run_from", "stored_layout", "to_logits", "unit", "weight_site",
            "weight_target", "weight_view", "wrap"]

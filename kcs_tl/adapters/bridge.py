@@ -222,3 +222,7 @@ def wrap(hf_model: nn.Module, tokenizer=None, model_name: str = "custom") -> Tra
     architecture = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
     return build_bridge_from_module(hf_model, architecture, hf_config=hf_model.config, tokenizer=tokenizer,
                                     model_name=model_name)
+
+
+def load_pretrained(name: str) -> TransformerBridge:
+    return TransformerBridge.boot_transformers(name)

@@ -108,3 +108,25 @@ def to_logits(model: HookedTransformer, residual: torch.Tensor) -> torch.Tensor:
         flat = model.ln_final(flat)
     logits = apply_softcap(model.unembed(flat), model.cfg.output_logits_soft_cap)
     return logits.reshape(*residual.shape[:-1], logits.shape[-1])
+
+
+def pretrained_names() -> list[str]:
+    """The model names ``HookedTransformer.from_pretrained`` knows."""
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
+
+    return list(OFFICIAL_MODEL_NAMES)
+
+
+def is_pretrained_name(name: str) -> bool:
+    """Whether ``name`` (or an alias of it) is a model TransformerLens 3.x can load."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def load_pretrained(name: str) -> HookedTransformer:
+    return HookedTransformer.from_pretrained(name)

@@ -82,6 +82,21 @@ def lm_blocks(
     return torch.tensor(blocks, dtype=torch.long)
 
 
+def model_lm_blocks(texts: Sequence[str] | str | os.PathLike, model: Any, block_len: int,
+                    prepend_bos: bool | None) -> Int[Tensor, "n_blocks block_len"]:
+    """``lm_blocks`` for ``model``, by the one rule every caller shares (the CLI, sweeps, ``discover``).
+
+    Blocks are ``min(block_len, model.cfg.n_ctx)`` tokens of ``model.tokenizer``; they start
+    with BOS when ``prepend_bos`` says so (``None``: ``model.cfg.default_prepend_bos``, as
+    ``DiscoveryConfig.bos`` decides).
+    """
+    if model.tokenizer is None:
+        raise ValueError("text needs tokenising but the model has no tokenizer; pass one to "
+                         "HookedTransformer(cfg, tokenizer=...) or give token blocks")
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    return lm_blocks(texts, model.tokenizer, min(block_len, model.cfg.n_ctx), prepend_bos=bos)
+
+
 def split_blocks(
     blocks: Int[Tensor, "n_blocks block_len"], val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[Int[Tensor, "n_train block_len"], Int[Tensor, "n_val block_len"]]:

@@ -20,7 +20,7 @@ from kcs_tl import validate
 from kcs_tl.adapters import activation_bytes, residual_before, run_from, to_logits
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
-from kcs_tl.data.lm import lm_blocks, split_blocks
+from kcs_tl.data.lm import model_lm_blocks, split_blocks
 from kcs_tl.data.splits import check_disjoint, holdout
 from kcs_tl.data.verbalise import encode
 from kcs_tl.discovery.config import DiscoveryConfig
@@ -47,8 +47,7 @@ def _as_kg_batch(data, model, what: str, prepend_bos: bool) -> KGBatch:
 def _as_lm_blocks(data, model, block_len: int, prepend_bos: bool) -> Int[Tensor, "n block"]:
     if not isinstance(data, Tensor):
         try:
-            data = lm_blocks(data, _tokenizer(model, "control_lm"), min(block_len, model.cfg.n_ctx),
-                             prepend_bos=prepend_bos)
+            data = model_lm_blocks(data, model, block_len, prepend_bos)
         except (TypeError, ValueError) as err:
             raise type(err)(f"control_lm: {err}") from None
     validate.tokens("control_lm", data, model)

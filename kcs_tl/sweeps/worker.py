@@ -1,17 +1,16 @@
 """What a worker does for one run: build the model from its spec, discover, evaluate, write the run's folder.
 
 Workers receive plain data (a ``Run`` as JSON), never a pickled model: the
-model is built where the run executes, from a zoo name, a TransformerLens name
-or a loader's import path. The run's folder ``out_dir/<run id>/`` is written
-through ``kcs_tl.files.result_folder``: it appears complete (marker file and
-``run.json`` last) or not at all, so a killed worker never leaves a folder that
-looks finished. A run that raises writes a folder whose ``run.json`` says
+model is built where the run executes, from any spec ``kcs_tl.loading`` reads
+(a zoo name, a TransformerLens name, a loader's import path, a saved folder).
+The run's folder ``out_dir/<run id>/`` is written atomically
+(``kcs_tl.loading.write_run``): it appears complete or not at all, so a killed
+worker never leaves a folder that looks finished. A run that raises writes a folder whose ``run.json`` says
 ``failed`` with the error; the next sweep runs it again.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 import traceback
@@ -20,8 +19,10 @@ from pathlib import Path
 import torch
 
 from kcs_tl.analysis.stability import headline, seed_stability
+from kcs_tl.data.lm import model_lm_blocks
 from kcs_tl.discovery import discover
 from kcs_tl.files import MARKER, read_json, recover, result_folder
+from kcs_tl.loading import load_kg, model_and_world, write_run
 from kcs_tl.metrics import evaluate
 from kcs_tl.subnetwork import Subnetwork
 from kcs_tl.sweeps.grid import Run
@@ -33,34 +34,11 @@ _loaded: dict = {}  # one model per worker process, reused by its next runs
 
 
 def build_model(spec: str):
-    """``(model, zoo_model or None)`` for a zoo name, a TransformerLens name or ``package.module:function``."""
-    from kcs_tl import zoo
-
+    """``(model, zoo_model or None)`` for a model spec (``kcs_tl.loading.model_and_world``), reused by the next runs."""
     if spec not in _loaded:
         _loaded.clear()  # hold one model at a time
-        if spec in zoo.available():
-            z = zoo.load(spec)
-            _loaded[spec] = (z.model, z)
-        elif ":" in spec:
-            _loaded[spec] = (_call_loader(spec), None)
-        else:
-            from kcs_tl.cli import load_model
-
-            _loaded[spec] = (load_model(spec), None)
+        _loaded[spec] = model_and_world(spec)
     return _loaded[spec]
-
-
-def _call_loader(spec: str):
-    module_name, _, function = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"model spec {spec!r}: cannot import {function!r} from {module_name!r} ({err})") from None
-    model = fn()
-    from kcs_tl.adapters.hooked import check_model
-
-    check_model(model)
-    return model
 
 
 def build_task(run: Run, model, zoo_model):
@@ -71,13 +49,9 @@ def build_task(run: Run, model, zoo_model):
         options = {k: v for k, v in run.task.items() if k != "zoo_root"}
         task = forgetting_task(zoo_model, run.task["zoo_root"], **options)
         return task.target, task.control, task.lm
-    from kcs_tl.cli import load_kg
-    from kcs_tl.data import lm_blocks
-
     cfg = run.discovery_config()
-    block_len = min(cfg.lm_block_len, model.cfg.n_ctx)
     return (load_kg(run.task["target"]), load_kg(run.task["control"]),
-            lm_blocks(run.task["lm"], model.tokenizer, block_len, prepend_bos=cfg.bos(model)))
+            model_lm_blocks(run.task["lm"], model, cfg.lm_block_len, cfg.prepend_bos))
 
 
 def read_record(folder: Path) -> dict | None:
@@ -140,12 +114,8 @@ def _run_one(run: Run, out_dir: Path) -> dict:
         row |= {"n_in_subnetwork": ev.n_in_subnetwork, "best_step": found.best_step, "stopped": found.stopped,
                 "search_s": search_s, "wall_s": time.perf_counter() - start}
         record = _record(run, FINISHED, row)
-        with result_folder(folder, overwrite) as tmp:
-            found.subnetwork.save(tmp / "subnetwork")
-            (tmp / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
-            found.history.to_csv(tmp / "history.csv", index=False)
-            ev.table.to_csv(tmp / "evaluation.csv", index=False)
-            (tmp / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+        write_run(folder, overwrite, found, ev, files={"config.json": json.dumps(cfg.to_json(), indent=2),
+                                                       RUN_FILE: json.dumps(record, indent=2, default=str)})
         return record
     except Exception as err:
         return record_failure(run, out_dir, f"{type(err).__name__}: {err}", traceback.format_exc(),

@@ -52,10 +52,10 @@ def add_parser(sub) -> None:
     p.add_argument("--n-random", type=int, default=3, help="random sets of the same size to compare with")
     p.add_argument("--out", default="kcs_out/interventions", help="output folder (default: kcs_out/interventions)")
     p.add_argument("--overwrite", action="store_true", help="replace a result already in --out")
-    p.set_defaults(func=cmd_interventions)
+    p.set_defaults(func=command)
 
 
-def cmd_interventions(args) -> None:
+def command(args) -> None:
     from kcs_tl import zoo
 
     check_writable(args.out, args.overwrite)
