@@ -108,7 +108,7 @@ def test_patching_quick(capsys):
 def test_large_vocab_quick(capsys):
     import large_vocab
 
-    rows = large_vocab.main(["--quick", "--lm-blocks", "4", "--steps", "1", "--references", "auto,on_the_fly"])
+    rows = large_vocab.main(["--quick", "--lm-blocks", "4", "--steps", "1", "--teachers", "auto,on_the_fly"])
     assert [r["chosen"].split(":")[0] for r in rows] == ["full", "on_the_fly"]
     assert all(r["step_s"] > 0 and r["prepare_s"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
     assert "meets" in capsys.readouterr().out
