@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import builtin_search  # noqa: E402
 
 from kcs_tl.discovery import DiscoveryConfig  # noqa: E402
-from kcs_tl.metrics import Criteria  # noqa: E402
+from kcs_tl.evaluation import Criteria  # noqa: E402
 
 
 def one_run(root, seed, cfg) -> dict:

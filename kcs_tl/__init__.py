@@ -1,8 +1,9 @@
 """kcs_tl: knowledge-critical subnetworks and sparse neuron interventions for TransformerLens.
 
-Masks attach in ``kcs_tl.masks.attach``; the loss terms are in ``kcs_tl.discovery.terms``;
-the search is ``kcs_tl.discovery.discover``; results are ``kcs_tl.subnetwork.Subnetwork``
-and ``kcs_tl.metrics.evaluate``.
+Masks attach in ``kcs_tl.masks.attach``; one step's losses are in ``kcs_tl.discovery.losses``
+(the terms in ``kcs_tl.discovery.terms``); the search is ``kcs_tl.discovery.discover``; results
+are ``kcs_tl.subnetwork.Subnetwork`` and ``kcs_tl.evaluation.evaluate``. The map of the package:
+docs/architecture.md.
 """
 
 from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, architecture
@@ -17,7 +18,7 @@ from kcs_tl.masks import (
     RELAXATIONS, HardConcrete, MaskedModel, Sigmoid, StraightThroughSigmoid, attach_masks,
     get_relaxation,
 )
-from kcs_tl.metrics import Criteria, Evaluation, evaluate
+from kcs_tl.evaluation import Criteria, Evaluation, evaluate
 from kcs_tl.subnetwork import Subnetwork, majority
 from kcs_tl.interventions import (
     Intervention, InterventionConfig, InterventionTask, agreement_task, evaluate_intervention,

@@ -14,7 +14,7 @@ from kcs_tl.discovery import DiscoveryConfig, discover
 from kcs_tl.discovery.prepare import prepare
 from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.discovery.terms import kl_uniform, sparsity_weight
-from kcs_tl.metrics import score_kg
+from kcs_tl.evaluation import score_kg
 
 QUICK = dict(steps=30, eval_every=10, kg_batch_size=16, lm_batch_size=4, progress=False,
              early_stop=False, layers=(1,))

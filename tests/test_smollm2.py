@@ -38,7 +38,7 @@ def prose_blocks(converted):
 
 
 def _ppl(model, blocks) -> float:
-    from kcs_tl.metrics import lm_metrics, score_lm
+    from kcs_tl.evaluation import lm_metrics, score_lm
 
     return lm_metrics(score_lm(model, blocks))["ppl"]
 

@@ -106,7 +106,7 @@ def test_target_kg(tiny):
 
 def test_task_holds_out_a_pretraining_template_the_model_knows(tiny):
     from kcs_tl.data import encode
-    from kcs_tl.metrics import kg_metrics, score_kg
+    from kcs_tl.evaluation import kg_metrics, score_kg
     from kcs_tl.zoo.task import forgetting_task
 
     task = forgetting_task(tiny, 0, n_control=50, n_blocks=4)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
+import torch
+
 from kcs_tl.adapters import hooked, sites
 from kcs_tl.adapters.sites import (
     GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, Matrix, Site, hook_broadcast, unit,
@@ -101,6 +103,11 @@ def wrap(hf_model, tokenizer=None, model_name: str = "custom"):
     return bridge.wrap(hf_model, tokenizer, model_name)
 
 
+def model_device(model) -> torch.device:
+    """Where ``model``'s weights are (either class)."""
+    return next(model.parameters()).device
+
+
 def pretrained_names() -> list[str] | None:
     """The names TransformerLens's own loader knows; None on 4.x, whose bridge takes any Hugging Face name."""
     return hooked.pretrained_names() if HAS_HOOKED else None
@@ -120,6 +127,6 @@ def load_pretrained(name: str):
 __all__ = ["GRANULARITIES", "HAS_HOOKED", "HOOK_NAMES", "SUPPORTED", "WEIGHT_NAMES", "Architecture", "Matrix",
            "Site", "activation_bytes", "activation_shape", "adapter", "architecture", "check_model", "check_site",
            "fingerprint", "fingerprint_mismatch", "hook_broadcast", "hook_point", "hook_site", "is_pretrained_name",
-           "load_pretrained", "pretrained_names", "readout",
+           "load_pretrained", "model_device", "pretrained_names", "readout",
            "residual_before", "resolve_layers", "run_from", "stored_layout", "to_logits", "unit", "weight_site",
            "weight_target", "weight_view", "wrap"]

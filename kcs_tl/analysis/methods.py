@@ -25,7 +25,7 @@ from kcs_tl.baselines.attribution import UNIT_METHODS, WEIGHT_METHODS, unit_base
 from kcs_tl.data.verbalise import encode
 from kcs_tl.interventions.counting import count_forwards
 from kcs_tl.interventions.effect import evaluate_intervention
-from kcs_tl.interventions.search import METHODS, InterventionConfig, find_interventions
+from kcs_tl.interventions.find import METHODS, InterventionConfig, find_interventions
 from kcs_tl.interventions.task import InterventionTask
 
 INTERVENTION_METHODS = METHODS + UNIT_METHODS
@@ -68,7 +68,7 @@ def _intervention_rows(model, task, methods, sizes, config, steps) -> list[dict]
 
 
 def _knowledge_rows(model, task, methods, sizes, config) -> list[dict]:
-    from kcs_tl.metrics import evaluate
+    from kcs_tl.evaluation import evaluate
     from kcs_tl.discovery import DiscoveryConfig, discover
 
     config = config or DiscoveryConfig(progress=False)

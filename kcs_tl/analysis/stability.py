@@ -20,7 +20,7 @@ from typing import Sequence
 import pandas as pd
 
 from kcs_tl import validate
-from kcs_tl.metrics import Criteria, Evaluation, evaluate
+from kcs_tl.evaluation import Criteria, Evaluation, evaluate
 from kcs_tl.subnetwork import Subnetwork, majority
 
 GROUPINGS = ("site", "module", "layer")

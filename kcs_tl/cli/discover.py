@@ -14,7 +14,7 @@ from kcs_tl.data import KnowledgeGraph
 from kcs_tl.data.lm import model_lm_blocks
 from kcs_tl.files import check_writable
 from kcs_tl.loading import load_kg, load_model, write_run
-from kcs_tl.metrics import Evaluation, evaluate
+from kcs_tl.evaluation import Evaluation, evaluate
 from kcs_tl.discovery import DiscoveryConfig, discover
 from kcs_tl.subnetwork import Subnetwork
 

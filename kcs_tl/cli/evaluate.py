@@ -9,7 +9,7 @@ from kcs_tl.cli.options import ListModels, kg_and_lm_options, lm_file
 from kcs_tl.data.lm import model_lm_blocks
 from kcs_tl.files import check_writable, result_folder
 from kcs_tl.loading import load_kg, load_model
-from kcs_tl.metrics import evaluate
+from kcs_tl.evaluation import evaluate
 from kcs_tl.subnetwork import Subnetwork
 
 

@@ -20,7 +20,7 @@ from kcs_tl.baselines.attribution import UNIT_METHODS, unit_baseline
 from kcs_tl.files import check_writable, result_folder
 from kcs_tl.interventions.counting import count_forwards
 from kcs_tl.interventions.effect import evaluate_intervention
-from kcs_tl.interventions.search import METHODS, InterventionConfig, find_interventions
+from kcs_tl.interventions.find import METHODS, InterventionConfig, find_interventions
 from kcs_tl.interventions.task import agreement_task, gender_task
 from kcs_tl.masks.masked_model import ABLATIONS
 

@@ -11,7 +11,7 @@ from kcs_tl.cli.options import KG_HELP
 from kcs_tl.data import KnowledgeGraph
 from kcs_tl.files import existing_result, read_json
 from kcs_tl.loading import load_kg, load_model
-from kcs_tl.metrics import Evaluation
+from kcs_tl.evaluation import Evaluation
 from kcs_tl.subnetwork import Subnetwork
 
 

@@ -64,7 +64,7 @@ def known_facts(model, kg: KnowledgeGraph, k: int = 10, prepend_bos: bool | None
     if model.tokenizer is None:
         raise ValueError("known_facts needs a model with a tokenizer")
     bos = model.cfg.default_prepend_bos if prepend_bos is None else validate.boolean("prepend_bos", prepend_bos)
-    from kcs_tl.metrics import score_kg  # metrics imports data: import here, not at module level
+    from kcs_tl.evaluation import score_kg  # metrics imports data: import here, not at module level
 
     best = best_templates(model, kg, prepend_bos=bos, batch_size=batch_size)
     scores = score_kg(model, encode(kg, model.tokenizer, best, prepend_bos=bos), batch_size)

@@ -16,7 +16,7 @@ from kcs_tl.adapters import GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES
 from kcs_tl.discovery.teacher import TEACHERS
 from kcs_tl.discovery.terms import SUPPRESSIONS
 from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
-from kcs_tl.metrics import Criteria
+from kcs_tl.evaluation import Criteria
 
 MAX_LR = 10.0
 """Adam moves a score by about ``lr`` per step; above 10 every score jumps past saturation

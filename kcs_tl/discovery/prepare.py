@@ -26,7 +26,7 @@ from kcs_tl.data.verbalise import encode
 from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.discovery.teacher import TeacherOutputs, plan_teacher
 from kcs_tl.masks.masked_model import plan_sites
-from kcs_tl.metrics import kg_metrics, lm_metrics, score_kg, score_lm
+from kcs_tl.evaluation import kg_metrics, lm_metrics, score_kg, score_lm
 
 
 def _tokenizer(model, what: str):

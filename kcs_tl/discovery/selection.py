@@ -15,7 +15,7 @@ import torch
 from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.discovery.prepare import SearchData
 from kcs_tl.masks.masked_model import MaskedModel
-from kcs_tl.metrics import kg_metrics, lm_metrics, score_kg, score_lm
+from kcs_tl.evaluation import kg_metrics, lm_metrics, score_kg, score_lm
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from kcs_tl.interventions.counting import ForwardCount, count_forwards
 from kcs_tl.interventions.effect import InterventionEffect, evaluate_intervention
-from kcs_tl.interventions.search import METHODS, Intervention, InterventionConfig, find_interventions
+from kcs_tl.interventions.find import METHODS, Intervention, InterventionConfig, find_interventions
 from kcs_tl.interventions.task import (
     KINDS, InterventionTask, Prompts, agreement_task, encode_prompts, gender_task, prompt_task,
 )

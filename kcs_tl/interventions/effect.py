@@ -18,14 +18,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from kcs_tl import validate
+from kcs_tl.adapters import model_device
 from kcs_tl.baselines.random import random_like
 from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.interventions.task import InterventionTask, Prompts
 from kcs_tl.subnetwork import Subnetwork
-
-
-def _device(model):
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -33,7 +30,7 @@ def prompt_logits(model, prompts: Prompts, batch_size: int = 128) -> Tensor:
     """Logits at each prompt's read position, ``[n, vocab]``."""
     out = []
     for lo in range(0, len(prompts), batch_size):
-        p = prompts[lo : lo + batch_size].to(_device(model))
+        p = prompts[lo : lo + batch_size].to(model_device(model))
         out.append(p.read(model(p.tokens)).float().cpu())
     return torch.cat(out)
 
@@ -43,7 +40,7 @@ def lm_logits(model, blocks: Int[Tensor, "n block"], batch_size: int = 16) -> Te
     """Next-token logits at every position but the last, ``[n * (block - 1), vocab]``."""
     out = []
     for lo in range(0, len(blocks), batch_size):
-        logits = model(blocks[lo : lo + batch_size].to(_device(model)))[:, :-1]
+        logits = model(blocks[lo : lo + batch_size].to(model_device(model)))[:, :-1]
         out.append(logits.reshape(-1, logits.shape[-1]).float().cpu())
     return torch.cat(out)
 

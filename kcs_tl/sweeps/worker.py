@@ -23,7 +23,7 @@ from kcs_tl.data.lm import model_lm_blocks
 from kcs_tl.discovery import discover
 from kcs_tl.files import MARKER, read_json, recover, result_folder
 from kcs_tl.loading import load_kg, model_and_world, write_run
-from kcs_tl.metrics import evaluate
+from kcs_tl.evaluation import evaluate
 from kcs_tl.subnetwork import Subnetwork
 from kcs_tl.sweeps.grid import Run
 

@@ -33,7 +33,7 @@ __all__ = [
 def fact_accuracy(model, kg, templates: Any = "train", batch_size: int = 256, by_relation: bool = False):
     """Top-1 accuracy of the first tail token over every (triplet, template) row."""
     from kcs_tl.data.verbalise import encode
-    from kcs_tl.metrics import score_kg
+    from kcs_tl.evaluation import score_kg
 
     batch = encode(kg, model.tokenizer, templates)
     hits = (score_kg(model, batch, batch_size).rank == 0).float()

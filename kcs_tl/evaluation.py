@@ -20,6 +20,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from kcs_tl import validate
+from kcs_tl.adapters import model_device
 from kcs_tl.baselines.random import random_like
 from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
@@ -46,16 +47,12 @@ class LMScores:
     correct: Bool[Tensor, "n_tokens"]
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def score_kg(model, batch: KGBatch, batch_size: int = 64) -> KGScores:
     """Score every sentence of ``batch`` under ``model``."""
     nll, rank, logp = [], [], []
     for lo in range(0, len(batch), batch_size):
-        mb = batch[lo : lo + batch_size].to(_device(model))
+        mb = batch[lo : lo + batch_size].to(model_device(model))
         lp = model(mb.tokens).float().log_softmax(-1)
         nll.append(-lp[mb.label_mask].gather(-1, mb.labels[mb.label_mask][:, None])[:, 0].cpu())
         rows = torch.arange(len(mb), device=lp.device)
@@ -72,7 +69,7 @@ def score_lm(model, blocks: Int[Tensor, "n block"], batch_size: int = 8) -> LMSc
     """Score every next-token prediction in ``blocks``."""
     nll, correct = [], []
     for lo in range(0, len(blocks), batch_size):
-        tokens = blocks[lo : lo + batch_size].to(_device(model))
+        tokens = blocks[lo : lo + batch_size].to(model_device(model))
         logits = model(tokens)[:, :-1].float()
         gold = tokens[:, 1:]
         nll.append(F.cross_entropy(logits.transpose(1, 2), gold, reduction="none").flatten().cpu())
@@ -92,7 +89,7 @@ def lm_metrics(s: LMScores) -> dict[str, float]:
 
 @dataclass
 class Criteria:
-    """What makes a subnetwork knowledge-critical (the discovery issue's bar)."""
+    """What makes a subnetwork knowledge-critical: the thresholds each criterion must meet."""
 
     target_top1_max: float = 0.10
     control_top1_min_ratio: float = 0.95
