@@ -41,7 +41,7 @@ from common import mib, peak_bytes  # noqa: E402
 
 from kcs_tl import evaluate, zoo  # noqa: E402
 from kcs_tl.data import lm_blocks  # noqa: E402
-from kcs_tl.data.known import known_facts  # noqa: E402
+from kcs_tl.known import known_facts  # noqa: E402
 from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 from kcs_tl.discovery.loop import run_search  # noqa: E402
 from kcs_tl.files import atomic_file  # noqa: E402

@@ -11,7 +11,7 @@ from kcs_tl.analysis.methods import compare_methods
 from kcs_tl.analysis.report import report
 from kcs_tl.baselines import random_like, unit_baseline, weight_baseline
 from kcs_tl.data import (
-    KGBatch, KnowledgeGraph, KnownFacts, Triplet, encode, known_facts, lm_blocks, load_countries, load_prose,
+    KGBatch, KnowledgeGraph, Triplet, encode, lm_blocks, load_countries, load_prose,
 )
 from kcs_tl.discovery import Discovery, DiscoveryConfig, discover
 from kcs_tl.masks import (
@@ -19,6 +19,7 @@ from kcs_tl.masks import (
     get_relaxation,
 )
 from kcs_tl.evaluation import Criteria, Evaluation, evaluate
+from kcs_tl.known import KnownFacts, known_facts
 from kcs_tl.subnetwork import Subnetwork, majority
 from kcs_tl.interventions import (
     Intervention, InterventionConfig, InterventionTask, agreement_task, evaluate_intervention,

@@ -102,3 +102,24 @@ def test_only_the_facade_imports_an_adapter():
     direct = {(m, a) for m, edges in graph.items() if not f"{m}.".startswith("kcs_tl.adapters.")
               for a in edges & set(ADAPTERS)}
     assert not direct, f"import the facade kcs_tl.adapters instead: {sorted(direct)}"
+
+
+LAYERS = [  # bottom first, as docs/architecture.md draws them; a package imports only from its layer or below
+    {"validate", "files", "precision", "data"}, {"adapters"}, {"masks"}, {"subnetwork"},
+    {"baselines", "evaluation", "known"}, {"discovery"}, {"interventions", "analysis"}, {"zoo", "loading"},
+    {"sweeps"}, {"cli"}, {"kcs_tl"},
+]
+UPWARD = {("masks", "subnetwork")}  # MaskedModel.to_subnetwork builds the result it describes
+
+
+def test_imports_point_down_the_layers_of_the_architecture_page():
+    layer = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else "kcs_tl"
+
+    edges = {(package(m), package(d)) for m, deps in import_graph().items() for d in deps}
+    assert {p for edge in edges for p in edge} <= set(layer), "a new package: place it in LAYERS and the docs"
+    upward = sorted((a, b) for a, b in edges if layer[b] > layer[a] and (a, b) not in UPWARD)
+    assert not upward, f"imports that point up the layers: {upward}"

@@ -3,7 +3,7 @@
 import pytest
 
 from kcs_tl.data.countries import load_countries
-from kcs_tl.data.known import known_facts
+from kcs_tl.known import known_facts
 from kcs_tl.data.prose import load_prose, python_docs
 
 

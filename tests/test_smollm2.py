@@ -124,7 +124,7 @@ def test_well_known_facts(converted):
 
 def test_zoo_load_and_known_facts(converted):
     from kcs_tl import zoo
-    from kcs_tl.data.known import known_facts
+    from kcs_tl.known import known_facts
 
     z = zoo.load("smollm2-135m", path=converted[2])
     assert z.model.cfg.n_layers == 30 and len(z.kg) > 500 and len(z.lm_text["validation"]) > 50

