@@ -15,7 +15,7 @@ import torch
 from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.discovery.prepare import SearchData
 from kcs_tl.masks.masked_model import MaskedModel
-from kcs_tl.evaluation import kg_metrics, lm_metrics, score_kg, score_lm
+from kcs_tl.evaluation import control_ratio, kg_metrics, lm_metrics, score_kg, score_lm
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def validation_scores(masked: MaskedModel, data: SearchData, cfg: DiscoveryConfi
         target_top1 = kg_metrics(score_kg(model, data.target))["top1"]
         control_top1 = kg_metrics(score_kg(model, data.control_val))["top1"]
         lm_ppl = lm_metrics(score_lm(model, data.lm_val))["ppl"]
-    ratio = control_top1 / data.base_control_top1 if data.base_control_top1 > 0 else 1.0
+    ratio = control_ratio(control_top1, data.base_control_top1)
     rise = lm_ppl / data.base_lm_ppl - 1
     gaps = cfg.criteria.shortfalls(target_top1, ratio, rise, sparsity)
     return {"val_target_top1": target_top1, "val_control_top1_ratio": ratio,
