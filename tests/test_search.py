@@ -69,7 +69,8 @@ def test_a_short_search_hurts_the_target_more_than_the_control(builtin):
         after_t, after_c = score_kg(z.model, t).logp.mean(), score_kg(z.model, c).logp.mean()
     assert before_t - after_t > 1.0 > before_c - after_c
     assert 0 < found.best_step <= 30 and found.stopped == "completed all steps"
-    assert {"target", "control_kg", "control_lm", "sparsity", "val_sparsity"} <= set(found.history.columns)
+    assert {"target", "control_kg", "control_lm", "sparsity_penalty", "density", "val_sparsity",
+            "shortfall"} <= set(found.history.columns)
     assert found.subnetwork.settings["config"]["steps"] == 30
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in z.model.modules())
 
