@@ -44,6 +44,7 @@ from kcs_tl.data import lm_blocks  # noqa: E402
 from kcs_tl.known import known_facts  # noqa: E402
 from kcs_tl.discovery import DiscoveryConfig, Search  # noqa: E402
 from kcs_tl.discovery.loop import run_search  # noqa: E402
+from kcs_tl.evaluation import control_ratio  # noqa: E402
 from kcs_tl.files import atomic_file  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -155,7 +156,7 @@ def _report(row: dict, trend: pd.DataFrame, ev) -> None:
         print("\nvalidation trend:")
         print(trend.round(4).to_string(index=False))
     t10 = r["target_top10_remaining"]
-    c_ratio = r["control_kg_top10_remaining"] / max(r["control_kg_top10_original"], 1e-9)
+    c_ratio = control_ratio(r["control_kg_top10_remaining"], r["control_kg_top10_original"])
     rise = r["lm_ppl_remaining"] / r["lm_ppl_original"] - 1
     print(f"\nshipped facts tested {r['facts_shipped_tested']}: known top-10 {r['facts_known_top10']}, "
           f"top-1 {r['facts_known_top1']}; TargetKG {r['target_facts']}, ControlKG {r['control_facts']}")

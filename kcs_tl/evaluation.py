@@ -87,9 +87,24 @@ def lm_metrics(s: LMScores) -> dict[str, float]:
     return {"ppl": math.exp(s.nll.mean().item()), "top1": s.correct.float().mean().item()}
 
 
+def control_ratio(remaining_top1: float, original_top1: float) -> float:
+    """ControlKG top-1 of the remaining model as a fraction of the original's: what the control criterion judges.
+
+    The zero rule: when the original gets none of the control facts right
+    (top-1 0) there is nothing to keep, so the ratio is 1 and the criterion
+    holds without saying anything; choose control facts the model knows.
+    """
+    return remaining_top1 / original_top1 if original_top1 > 0 else 1.0
+
+
 @dataclass
 class Criteria:
-    """What makes a subnetwork knowledge-critical: the thresholds each criterion must meet."""
+    """What makes a subnetwork knowledge-critical: the thresholds each criterion must meet.
+
+    ``shortfalls`` says how far each is from holding in one bounded unit, so that
+    the checkpoint rule (``kcs_tl.discovery.selection``) and ``Evaluation.check()``
+    judge with the same numbers.
+    """
 
     target_top1_max: float = 0.10
     control_top1_min_ratio: float = 0.95
@@ -101,14 +116,28 @@ class Criteria:
             setattr(self, name, validate.number(f"Criteria.{name}", getattr(self, name), 0, 1))
         self.lm_ppl_max_rise = validate.number("Criteria.lm_ppl_max_rise", self.lm_ppl_max_rise, 0)
 
-    def shortfalls(self, target_top1: float, control_ratio: float, lm_rise: float,
-                   sparsity: float) -> dict[str, float]:
-        """How far each criterion is from holding (0 when it holds)."""
+    def shortfalls(self, target_top1: float, control_top1_ratio: float, lm_ppl_rise: float, sparsity: float, *,
+                   original_target_top1: float) -> dict[str, float]:
+        """How far each criterion is from holding, in [0, 1]: 0 exactly when it holds, 1 at its worst.
+
+        - target: the part of the way from the original's top-1 down to the threshold
+          still to go, ``(t - max) / (max(t_original, t) - max)`` (1: forgot nothing);
+        - control: ``(min_ratio - ratio) / min_ratio`` (1: keeps no control fact);
+        - perplexity: ``1 - (1 + max_rise) / (1 + rise)``, the part of the perplexity
+          above the allowed one (a rise of ``e`` beyond the allowed counts
+          ``e / (e + 1 + max_rise)``: bounded, and defined for ``max_rise`` 0);
+        - sparsity: ``(min - sparsity) / min`` (1: the subnetwork holds every unit).
+
+        Each is monotone in its own number only, so summing them is monotone too.
+        """
+        t_max, c_min, s_min = self.target_top1_max, self.control_top1_min_ratio, self.sparsity_min
         return {
-            "target_top1": max(0.0, target_top1 - self.target_top1_max),
-            "control_top1_ratio": max(0.0, self.control_top1_min_ratio - control_ratio),
-            "lm_ppl_rise": max(0.0, lm_rise - self.lm_ppl_max_rise),
-            "sparsity": max(0.0, self.sparsity_min - sparsity),
+            "target_top1": (target_top1 - t_max) / (max(original_target_top1, target_top1) - t_max)
+            if target_top1 > t_max else 0.0,
+            "control_top1_ratio": (c_min - control_top1_ratio) / c_min if control_top1_ratio < c_min else 0.0,
+            "lm_ppl_rise": 1 - (1 + self.lm_ppl_max_rise) / (1 + lm_ppl_rise)
+            if lm_ppl_rise > self.lm_ppl_max_rise else 0.0,
+            "sparsity": (s_min - sparsity) / s_min if sparsity < s_min else 0.0,
         }
 
 
@@ -129,15 +158,20 @@ class Evaluation:
         return self.table.pivot_table(index=["set", "model"], columns="metric", values="value",
                                       sort=False)
 
+    def criterion_values(self) -> dict[str, float]:
+        """What the criteria judge: the remaining model's target top-1, control top-1 ratio, LM perplexity rise;
+        the sparsity."""
+        v = self.value
+        return {"target_top1": v("target", "remaining", "top1"),
+                "control_ratio": control_ratio(v("control_kg", "remaining", "top1"),
+                                               v("control_kg", "original", "top1")),
+                "lm_ppl_rise": v("control_lm", "remaining", "ppl") / v("control_lm", "original", "ppl") - 1,
+                "sparsity": self.sparsity}
+
     def check(self, criteria: Criteria | None = None) -> dict[str, bool]:
         """Which criteria hold for the remaining model."""
-        c = criteria or Criteria()
-        gaps = c.shortfalls(
-            self.value("target", "remaining", "top1"),
-            self.value("control_kg", "remaining", "top1") / max(self.value("control_kg", "original", "top1"), 1e-9),
-            self.value("control_lm", "remaining", "ppl") / self.value("control_lm", "original", "ppl") - 1,
-            self.sparsity,
-        )
+        gaps = (criteria or Criteria()).shortfalls(
+            *self.criterion_values().values(), original_target_top1=self.value("target", "original", "top1"))
         return {k: v == 0 for k, v in gaps.items()}
 
     def criteria_line(self, criteria: Criteria | None = None) -> str:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kcs_tl import attach_masks, evaluate
+from kcs_tl.evaluation import control_ratio
 from kcs_tl.discovery import DiscoveryConfig, discover
 from kcs_tl.discovery.prepare import prepare
 from kcs_tl.masks.relaxations import RELAXATIONS
@@ -27,7 +28,7 @@ def recorded_and_evaluated(model, target, control, lm, cfg):
     control, base_control = (ev.value("control_kg", m, "top1") for m in ("remaining", "original"))
     evaluated = {
         "val_target_top1": ev.value("target", "remaining", "top1"),
-        "val_control_top1_ratio": control / base_control if base_control > 0 else 1.0,  # search's rule
+        "val_control_top1_ratio": control_ratio(control, base_control),
         "val_lm_ppl_rise": ev.value("control_lm", "remaining", "ppl") / ev.value("control_lm", "original", "ppl") - 1,
         "val_sparsity": found.subnetwork.sparsity(),
     }

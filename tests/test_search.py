@@ -69,7 +69,8 @@ def test_a_short_search_hurts_the_target_more_than_the_control(builtin):
         after_t, after_c = score_kg(z.model, t).logp.mean(), score_kg(z.model, c).logp.mean()
     assert before_t - after_t > 1.0 > before_c - after_c
     assert 0 < found.best_step <= 30 and found.stopped == "completed all steps"
-    assert {"target", "control_kg", "control_lm", "sparsity", "val_sparsity"} <= set(found.history.columns)
+    assert {"target", "control_kg", "control_lm", "sparsity_penalty", "density", "val_sparsity",
+            "shortfall"} <= set(found.history.columns)
     assert found.subnetwork.settings["config"]["steps"] == 30
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in z.model.modules())
 
@@ -109,8 +110,25 @@ def test_resume_from_a_checkpoint_continues_the_same_run(toy, tmp_path, monkeypa
     resumed = discover(model, target, control, blocks, cfg, resume=tmp_path / "step10.pt")
     assert all(torch.equal(whole.subnetwork.masks[a], resumed.subnetwork.masks[a]) for a in whole.subnetwork.masks)
     torch.testing.assert_close(torch.tensor(whole.history["loss"].values), torch.tensor(resumed.history["loss"].values))
-    with pytest.raises(ValueError, match="other settings: \\['lr'\\]"):
+    with pytest.raises(ValueError, match="other settings: lr 0.2 there, 0.1 now; resume with the checkpoint's"):
         discover(model, target, control, blocks, DiscoveryConfig(**QUICK | {"lr": 0.1}), resume=tmp_path / "step10.pt")
+    # Settings that decide nothing the run computes may change.
+    quiet = DiscoveryConfig(**QUICK | {"checkpoint_every": 0, "checkpoint_dir": None, "early_stop": True})
+    again = discover(model, target, control, blocks, quiet, resume=tmp_path / "step10.pt")
+    assert all(torch.equal(whole.subnetwork.masks[a], again.subnetwork.masks[a]) for a in whole.subnetwork.masks)
+
+
+@pytest.mark.parametrize("changed", [{"steps": 60}, {"warmup_fraction": 0.2}, {"sparsity_start": 1.0},
+                                     {"sparsity_end": 4.0}, {"target_sparsity": 0.9}, {"lagrangian_lr": 0.1},
+                                     {"target_sparsity": None, "steps": 60}])
+def test_a_resume_that_changes_the_schedule_is_refused_naming_the_settings(toy, tmp_path, changed):
+    model, target, control, blocks = toy
+    cfg = DiscoveryConfig(**QUICK | {"steps": 10, "checkpoint_every": 10, "checkpoint_dir": str(tmp_path)})
+    discover(model, target, control, blocks, cfg)
+    names = ", ".join(changed)
+    with pytest.raises(ValueError, match=f"other settings: .*\\({names} set the warm-up and the sparsity schedule"
+                                         ".*; resume with the checkpoint's settings, or start a new search"):
+        discover(model, target, control, blocks, DiscoveryConfig(**cfg.to_json() | changed), resume=tmp_path)
 
 
 def test_overlapping_or_mismatched_inputs_are_refused(toy):

@@ -157,11 +157,8 @@ class SeedStability:
 
 def headline(ev: Evaluation, criteria: Criteria | None = None) -> dict:
     """The numbers a grid compares: remaining-model metrics relative to the original, and the criteria."""
-    v = ev.value
-    row = {"sparsity": ev.sparsity,
-           "target_top1": v("target", "remaining", "top1"),
-           "control_ratio": v("control_kg", "remaining", "top1") / max(v("control_kg", "original", "top1"), 1e-9),
-           "lm_ppl_rise": v("control_lm", "remaining", "ppl") / v("control_lm", "original", "ppl") - 1}
+    values = ev.criterion_values()
+    row = {"sparsity": values.pop("sparsity")} | values
     checks = ev.check(criteria)
     return row | {f"holds_{k}": ok for k, ok in checks.items()} | {"criteria_met": all(checks.values())}
 

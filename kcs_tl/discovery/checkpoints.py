@@ -67,18 +67,30 @@ def _read_checkpoint(path) -> dict:
     return payload
 
 
+RESUMABLE_CHANGES = ("checkpoint_every", "checkpoint_dir", "progress", "early_stop")
+"""Settings a resume may change: when files are written, what is shown, whether to stop at the criteria."""
+
+SCHEDULE = ("steps", "warmup_fraction", "sparsity_start", "sparsity_end", "target_sparsity", "lagrangian_lr")
+"""Settings that set the warm-up and the sparsity schedule (``steps`` sets both lengths)."""
+
+
 def restore_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> SearchState:
-    """Load a checkpoint made with the same settings (``steps`` and other run-length ones aside) into the run."""
+    """Load a checkpoint into the run: refused unless made with the same settings, ``RESUMABLE_CHANGES`` aside."""
     payload = _read_checkpoint(path)
     try:
         saved = DiscoveryConfig.from_json(payload["config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"resume: {path} holds an invalid config: {err}") from None
-    ignore = {"steps", "checkpoint_every", "checkpoint_dir", "progress", "early_stop"}
     diff = [f.name for f in dataclasses.fields(cfg)
-            if f.name not in ignore and getattr(saved, f.name) != getattr(cfg, f.name)]
+            if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(cfg, f.name)]
     if diff:
-        raise ValueError(f"checkpoint {path} was made with other settings: {diff}")
+        changed = "; ".join(f"{name} {getattr(saved, name)!r} there, {getattr(cfg, name)!r} now" for name in diff)
+        moved = [name for name in diff if name in SCHEDULE]
+        why = (f" ({', '.join(moved)} set the warm-up and the sparsity schedule: the steps already run followed "
+               "the checkpoint's, so the result would match neither run)" if moved else "")
+        raise ValueError(f"resume: checkpoint {path} was made with other settings: {changed}{why}; resume with "
+                         "the checkpoint's settings, or start a new search without resume (a resume may change "
+                         f"only {', '.join(RESUMABLE_CHANGES)})")
     for m, s in zip(trained, payload["trained"]):
         m.load_state_dict(s)
     for o, s in zip(optimizers, payload["optimizers"]):

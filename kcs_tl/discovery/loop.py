@@ -23,7 +23,8 @@ def discover(model, target, control_kg, control_lm, config: DiscoveryConfig | No
         control_kg: the ControlKG to maintain; must not share triplets with ``target``.
         control_lm: LM text to maintain: token blocks ``[n, block_len]`` or a list of strings.
         config: a ``DiscoveryConfig``; defaults follow the paper.
-        resume: a checkpoint file or folder written by an earlier run with the same config.
+        resume: a checkpoint file or folder written by an earlier run with the same config
+            (``checkpoint_every``, ``checkpoint_dir``, ``progress`` and ``early_stop`` may differ).
 
     Ctrl-C stops the search and returns the best result so far. A non-finite loss,
     gradient or mask score stops it with a warning that names the values; the

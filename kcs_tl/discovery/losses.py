@@ -70,12 +70,12 @@ def step_losses(masked: MaskedModel, data: SearchData, cfg: DiscoveryConfig, ste
             out["expression"] = F.cross_entropy(kept, t.labels[t.label_mask])
     density = masked.expected_density()
     out["density"] = density
-    if lagrangian is not None:
-        out["sparsity"] = lagrangian(density)
+    if lagrangian is not None:  # the penalty term, not the sparsity
+        out["sparsity_penalty"] = lagrangian(density)
     else:
-        out["sparsity"] = sparsity_weight(step, cfg.steps, cfg.sparsity_start, cfg.sparsity_end) * density
+        out["sparsity_penalty"] = sparsity_weight(step, cfg.steps, cfg.sparsity_start, cfg.sparsity_end) * density
     out["loss"] = (cfg.target_weight * out["target"] + cfg.control_kg_weight * out["control_kg"]
-                   + cfg.control_lm_weight * out["control_lm"] + out["sparsity"]
+                   + cfg.control_lm_weight * out["control_lm"] + out["sparsity_penalty"]
                    + cfg.expression_weight * out.get("expression", 0.0))
     return out
 

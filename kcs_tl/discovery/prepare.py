@@ -82,6 +82,7 @@ class SearchData:
     target_resid: Float[Tensor, "n_target pos d_model"]  # residual stream entering ``start``
     control_resid: Float[Tensor, "n_control pos d_model"]
     lm_resid: Float[Tensor, "n_lm block d_model"]
+    base_target_top1: float  # the original model's, on ``target``: where forgetting starts from
     base_control_top1: float
     base_lm_ppl: float
     lm_chunk: int = 1 << 30  # LM blocks per forward/backward within a step
@@ -158,6 +159,7 @@ def prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device,
         target=t, control=c, control_val=c_val, lm=lm, lm_val=lm_val,
         control_teacher=control_teacher, control_teacher_rows=torch.nonzero(c.label_mask)[:, 0],
         lm_teacher=lm_teacher, start=start, target_resid=target_resid, control_resid=control_resid, lm_resid=lm_resid,
+        base_target_top1=kg_metrics(score_kg(model, t))["top1"],
         base_control_top1=kg_metrics(score_kg(model, c_val))["top1"],
         base_lm_ppl=lm_metrics(score_lm(model, lm_val))["ppl"],
         lm_chunk=chunk,
