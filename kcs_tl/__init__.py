@@ -18,7 +18,7 @@ from kcs_tl.masks import (
     RELAXATIONS, HardConcrete, MaskedModel, Sigmoid, StraightThroughSigmoid, attach_masks,
     get_relaxation,
 )
-from kcs_tl.evaluation import Criteria, Evaluation, evaluate
+from kcs_tl.evaluation import CriterionCheck, Criteria, Evaluation, evaluate
 from kcs_tl.known import KnownFacts, known_facts
 from kcs_tl.subnetwork import Subnetwork, majority
 from kcs_tl.interventions import (
@@ -31,7 +31,7 @@ from kcs_tl.sweeps import SweepResult, sweep
 __version__ = "0.1.0"
 
 __all__ = [
-    "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Architecture", "Criteria", "Discovery",
+    "GRANULARITIES", "HOOK_NAMES", "RELAXATIONS", "WEIGHT_NAMES", "Architecture", "CriterionCheck", "Criteria", "Discovery",
     "DiscoveryConfig", "Evaluation", "HardConcrete", "KGBatch", "KnowledgeGraph", "KnownFacts", "MaskedModel",
     "Sigmoid", "StraightThroughSigmoid", "Subnetwork", "Triplet", "architecture", "attach_masks", "discover",
     "encode", "evaluate", "get_relaxation", "known_facts", "lm_blocks", "load_countries",

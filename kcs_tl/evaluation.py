@@ -9,6 +9,7 @@ side in one tidy DataFrame.
 
 from __future__ import annotations
 
+import html
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -123,8 +124,9 @@ class Criteria:
         - target: the part of the way from the original's top-1 down to the threshold
           still to go, ``(t - max) / (max(t_original, t) - max)`` (1: forgot nothing);
         - control: ``(min_ratio - ratio) / min_ratio`` (1: keeps no control fact);
-        - perplexity: ``1 - (1 + max_rise) / (1 + rise)``, the part of the perplexity
-          above the allowed one (a rise of ``e`` beyond the allowed counts
+        - perplexity: ``(rise - max_rise) / (1 + rise)`` = ``1 - (1 + max_rise) / (1 + rise)``,
+          the part of the perplexity above the allowed one (written without the
+          cancellation, so a rise a hair above the allowed one still counts) (a rise of ``e`` beyond the allowed counts
           ``e / (e + 1 + max_rise)``: bounded, and defined for ``max_rise`` 0);
         - sparsity: ``(min - sparsity) / min`` (1: the subnetwork holds every unit).
 
@@ -135,10 +137,32 @@ class Criteria:
             "target_top1": (target_top1 - t_max) / (max(original_target_top1, target_top1) - t_max)
             if target_top1 > t_max else 0.0,
             "control_top1_ratio": (c_min - control_top1_ratio) / c_min if control_top1_ratio < c_min else 0.0,
-            "lm_ppl_rise": 1 - (1 + self.lm_ppl_max_rise) / (1 + lm_ppl_rise)
+            "lm_ppl_rise": (lm_ppl_rise - self.lm_ppl_max_rise) / (1 + lm_ppl_rise)
             if lm_ppl_rise > self.lm_ppl_max_rise else 0.0,
             "sparsity": (s_min - sparsity) / s_min if sparsity < s_min else 0.0,
         }
+
+
+@dataclass(frozen=True)
+class CriterionCheck:
+    """One criterion on one result: the value judged, its threshold, and the margin by which it
+    holds (>= 0) or fails (< 0), in the value's own units. True when it holds."""
+
+    value: float
+    side: str  # "<=": the threshold is an upper bound; ">=": a lower bound
+    threshold: float
+    holds: bool
+
+    @property
+    def margin(self) -> float:
+        return self.threshold - self.value if self.side == "<=" else self.value - self.threshold
+
+    def __bool__(self) -> bool:
+        return self.holds
+
+    def __str__(self) -> str:
+        return (f"{self.value:.4f} (needs {self.side} {self.threshold:.4f}) {'holds' if self.holds else 'FAILS'}, "
+                f"margin {self.margin:+.4f}")
 
 
 @dataclass
@@ -168,16 +192,20 @@ class Evaluation:
                 "lm_ppl_rise": v("control_lm", "remaining", "ppl") / v("control_lm", "original", "ppl") - 1,
                 "sparsity": self.sparsity}
 
-    def check(self, criteria: Criteria | None = None) -> dict[str, bool]:
-        """Which criteria hold for the remaining model."""
-        gaps = (criteria or Criteria()).shortfalls(
-            *self.criterion_values().values(), original_target_top1=self.value("target", "original", "top1"))
-        return {k: v == 0 for k, v in gaps.items()}
+    def check(self, criteria: Criteria | None = None) -> dict[str, CriterionCheck]:
+        """Each criterion on the remaining model: value, threshold, margin, and whether it holds
+        (judged by ``Criteria.shortfalls``, as the search judges its checkpoints)."""
+        c = criteria or Criteria()
+        values = self.criterion_values()
+        gaps = c.shortfalls(*values.values(), original_target_top1=self.value("target", "original", "top1"))
+        bounds = {"target_top1": ("<=", c.target_top1_max), "control_top1_ratio": (">=", c.control_top1_min_ratio),
+                  "lm_ppl_rise": ("<=", c.lm_ppl_max_rise), "sparsity": (">=", c.sparsity_min)}
+        return {name: CriterionCheck(value, *bounds[name], gap == 0)
+                for (name, gap), value in zip(gaps.items(), values.values())}
 
     def criteria_line(self, criteria: Criteria | None = None) -> str:
-        """One line saying which criteria hold, for logs and the command line."""
-        return "criteria: " + ", ".join(f"{k} {'holds' if ok else 'FAILS'}"
-                                        for k, ok in self.check(criteria).items())
+        """One line with each criterion's value, threshold, verdict and margin, for logs and the command line."""
+        return "criteria: " + "; ".join(f"{k} {check}" for k, check in self.check(criteria).items())
 
     def __repr__(self) -> str:
         with pd.option_context("display.width", 160, "display.max_columns", 20):
@@ -186,7 +214,7 @@ class Evaluation:
                 f"subnetwork)\n{table}")
 
     def _repr_html_(self) -> str:
-        checks = "".join(f"<li>{k}: {'holds' if ok else 'fails'}</li>" for k, ok in self.check().items())
+        checks = "".join(f"<li>{k}: {html.escape(str(check))}</li>" for k, check in self.check().items())
         return (f"<p><b>Subnetwork sparsity {self.sparsity:.2%}</b> "
                 f"({self.n_in_subnetwork:,} units removed)</p><ul>{checks}</ul>"
                 + self.summary().to_html(float_format=_number))

@@ -86,7 +86,10 @@ def test_the_rule_is_monotone_in_each_criterion(c, original, data):
     assert not is_better(worse, better)
 
 
-@given(criteria, unit, unit, st.floats(1, 1e4), st.data())
+accuracy = st.integers(0, 1000).map(lambda k: k / 1000)  # a top-1 accuracy is a fraction of a set, never subnormal
+
+
+@given(criteria, unit, accuracy, st.floats(1, 1e4), st.data())
 def test_evaluation_check_judges_what_the_search_judges(c, original_target, original_control, base_ppl, data):
     """check() reads the same criterion values (one zero rule for the control ratio) and the same shortfalls."""
     t, r, x, s = data.draw(checkpoint)
@@ -99,7 +102,10 @@ def test_evaluation_check_judges_what_the_search_judges(c, original_target, orig
     assert values["control_ratio"] == (pytest.approx(r) if original_control > 0 else 1.0)
     assert values["lm_ppl_rise"] == pytest.approx(x, rel=1e-9, abs=1e-9)
     search = judged(c, original_target, *values.values())
-    assert ev.check(c) == holds(c, *values.values())
+    checks = ev.check(c)
+    assert {k: bool(v) for k, v in checks.items()} == holds(c, *values.values())
+    for check, value in zip(checks.values(), values.values()):  # value, threshold and margin as judged
+        assert check.value == value and (check.margin >= 0) == bool(check) or check.threshold == 0
     assert all(ev.check(c).values()) == search["criteria_met"]
 
 

@@ -160,7 +160,7 @@ def headline(ev: Evaluation, criteria: Criteria | None = None) -> dict:
     values = ev.criterion_values()
     row = {"sparsity": values.pop("sparsity")} | values
     checks = ev.check(criteria)
-    return row | {f"holds_{k}": ok for k, ok in checks.items()} | {"criteria_met": all(checks.values())}
+    return row | {f"holds_{k}": bool(ok) for k, ok in checks.items()} | {"criteria_met": all(checks.values())}
 
 
 def seed_stability(subnetworks: Sequence[Subnetwork], model=None, target=None, control_kg=None,
