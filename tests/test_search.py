@@ -77,11 +77,12 @@ def test_a_short_search_hurts_the_target_more_than_the_control(builtin):
 def test_the_random_baseline_removes_exactly_the_same_counts_per_site(toy):
     model, target, control, blocks = toy
     sub = discover(model, target, control, blocks, DiscoveryConfig(**QUICK)).subnetwork
+    # neither empty nor whole (285 of 8,192 weights), so a draw of the same counts can differ from it
+    assert 0 < sub.n_in_subnetwork() < sum(m.numel() for m in sub.masks.values())
     for seed in range(3):
         other = random_like(sub, seed)
         assert {a: int(m.sum()) for a, m in other.masks.items()} == {a: int(m.sum()) for a, m in sub.masks.items()}
-    assert not all(torch.equal(random_like(sub, 0).masks[a], sub.masks[a]) for a in sub.masks) or \
-        sub.n_in_subnetwork() == 0
+        assert not all(torch.equal(other.masks[a], sub.masks[a]) for a in sub.masks)
 
 
 def test_config_round_trips_through_json_and_refuses_unknown_fields():
