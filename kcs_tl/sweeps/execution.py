@@ -92,6 +92,8 @@ class RayPool:
                 i = pending.pop(ready)
                 try:
                     result = self.ray.get(ready)
+                except self.ray.exceptions.RayTaskError:
+                    raise  # fn itself raised (run_one records a run's errors): a bug, with the worker's traceback
                 except self.ray.exceptions.RayError as err:  # the worker died (killed, out of memory...)
                     on_error(i, err)
                 else:
