@@ -167,12 +167,11 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 def _umask() -> int:
     """The process's umask, read without changing it where the system allows."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+    status = Path("/proc/self/status")
+    if status.is_file():  # Linux
+        for line in status.read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    except OSError:
-        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -221,9 +221,11 @@ def convert(folder: str | os.PathLike | None = None, source: str | os.PathLike |
 
 def _cached(folder: Path) -> dict | None:
     """The cache's config if the cache is complete and of this format, else None."""
+    if not (folder / "config.json").is_file():
+        return None
     try:
         info = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+    except json.JSONDecodeError:  # not a config this module wrote: convert again
         return None
     complete = all((folder / f).is_file() for f in ("model.safetensors", "tokenizer.json"))
     return info if complete and info.get("format") == CACHE_FORMAT else None
