@@ -30,7 +30,7 @@ def one_run(root, seed, cfg) -> dict:
     v, judged = ev.value, ev.criterion_values()
     return {
         "root": task.root, "seed": seed, "facts": len(task.target), "steps": found.best_step,
-        "seconds": round(seconds, 1),
+        "stopped": found.stopped, "seconds": round(seconds, 1),
         "target_top1_before": v("target", "original", "top1"),
         "target_top1": v("target", "remaining", "top1"),
         "held_out_top1_before": v("target_held_out", "original", "top1"),

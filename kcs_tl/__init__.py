@@ -27,6 +27,7 @@ from kcs_tl.interventions import (
 )
 from kcs_tl.analysis.stability import SeedStability, seed_stability
 from kcs_tl.sweeps import SweepResult, sweep
+from kcs_tl.validate import InputError, InputTypeError, InputValueError
 
 __version__ = "0.1.0"
 
@@ -42,4 +43,6 @@ __all__ = [
     "weight_baseline",
     # grids of runs (Ray or in-process) and seed stability
     "SeedStability", "SweepResult", "seed_stability", "sweep",
+    # what a bad input raises (the command line prints it as one line)
+    "InputError", "InputTypeError", "InputValueError",
 ]

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from kcs_tl.validate import InputValueError
+
 MARKER = ".kcs_tl"
 """Written last into every result folder: kcs_tl wrote this folder and may replace it."""
 _MARKER_TEXT = json.dumps({"format": "kcs_tl.result/1"}) + "\n"
@@ -144,7 +146,7 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """
     path = _target(path)
     if is_temporary(path):
-        raise ValueError(f"{path} is a temporary folder of an interrupted write, not a result folder")
+        raise InputValueError(f"{path} is a temporary folder of an interrupted write, not a result folder")
     recover(path)
     if os.path.lexists(path):
         if not path.is_dir():
@@ -165,12 +167,11 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 def _umask() -> int:
     """The process's umask, read without changing it where the system allows."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+    status = Path("/proc/self/status")
+    if status.is_file():  # Linux
+        for line in status.read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    except OSError:
-        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -290,7 +291,7 @@ def existing_result(path: str | os.PathLike) -> Path:
     """The folder to read a result from: puts back one a crash hid, refuses a temporary."""
     path = _target(path)
     if is_temporary(path):
-        raise ValueError(f"{path} is a temporary folder of an interrupted write, not a result")
+        raise InputValueError(f"{path} is a temporary folder of an interrupted write, not a result")
     recover(path)
     return path
 
@@ -310,8 +311,8 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
-                         f"expected {what}") from None
+        raise InputValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                              f"expected {what}") from None
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
@@ -320,8 +321,8 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-                         f"expected {what}") from None
+        raise InputValueError(f"{path}: not JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                              f"expected {what}") from None
 
 
 def read_safetensors(path: str | os.PathLike, what: str) -> dict:
@@ -333,4 +334,4 @@ def read_safetensors(path: str | os.PathLike, what: str) -> dict:
     try:
         return load_file(path)
     except (SafetensorError, ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err}); expected {what}") from None
+        raise InputValueError(f"{path} is not a readable safetensors file ({err}); expected {what}") from None

@@ -16,6 +16,7 @@ import pandas as pd
 from kcs_tl import validate
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.verbalise import best_templates, encode
+from kcs_tl.validate import InputTypeError, InputValueError
 
 
 @dataclass
@@ -58,11 +59,11 @@ def known_facts(model, kg: KnowledgeGraph, k: int = 10, prepend_bos: bool | None
     (and ``kg``'s held-out templates); it is ``None`` when no fact survives.
     """
     if not isinstance(kg, KnowledgeGraph):
-        raise TypeError(f"kg must be a KnowledgeGraph, got {validate.given(kg)}")
+        raise InputTypeError(f"kg must be a KnowledgeGraph, got {validate.given(kg)}")
     k = validate.integer("k", k, 1)
     batch_size = validate.integer("batch_size", batch_size, 1)
     if model.tokenizer is None:
-        raise ValueError("known_facts needs a model with a tokenizer")
+        raise InputValueError("known_facts needs a model with a tokenizer")
     bos = model.cfg.default_prepend_bos if prepend_bos is None else validate.boolean("prepend_bos", prepend_bos)
     from kcs_tl.evaluation import score_kg  # metrics imports data: import here, not at module level
 

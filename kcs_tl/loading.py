@@ -15,15 +15,16 @@ from kcs_tl.adapters import check_model, is_pretrained_name, load_pretrained, pr
 from kcs_tl.analysis.report import Report, report
 from kcs_tl.data import KnowledgeGraph, load_wordnet, load_wordnet_control
 from kcs_tl.files import result_folder
+from kcs_tl.validate import InputValueError
 
 MODEL_FORMS = ("a built-in model {zoo}, a TransformerLens model name with local weights, package.module:function "
                "(a function returning a model) or a folder holding a saved Hugging Face model")
 
 
-def _bad_model(spec: str, problem: str) -> ValueError:
+def _bad_model(spec: str, problem: str) -> InputValueError:
     from kcs_tl import zoo
 
-    return ValueError(f"--model {spec!r} {problem}: give {MODEL_FORMS.format(zoo=zoo.available())}; "
+    return InputValueError(f"--model {spec!r} {problem}: give {MODEL_FORMS.format(zoo=zoo.available())}; "
                       "`kcs-tl discover --list-models` lists them")
 
 
@@ -64,8 +65,9 @@ def _from_folder(spec: str):
         tokenizer = (AutoTokenizer.from_pretrained(folder, local_files_only=True)
                      if (folder / "tokenizer_config.json").is_file() else None)
         model = wrap(hf_model, tokenizer, model_name=folder.resolve().name)
-    except Exception as err:  # a broken folder, an architecture TransformerLens cannot wrap: one line
-        raise ValueError(f"--model {spec!r}: could not load the saved Hugging Face model ({_reason(err)})") from None
+    except (OSError, ValueError) as err:  # a broken folder, an architecture TransformerLens cannot wrap
+        raise InputValueError(f"--model {spec!r}: could not load the saved Hugging Face model "
+                              f"({_reason(err)})") from err
     check_model(model)
     return model
 
@@ -89,9 +91,9 @@ def _from_transformer_lens(name: str):
         raise _bad_model(name, "is unknown")
     try:
         return load_pretrained(name)
-    except Exception as err:  # offline, missing weights: say what was tried, in one line
-        raise ValueError(f"--model {name!r}: could not load its weights ({_reason(err)}); they must be available "
-                         "locally (e.g. in the Hugging Face cache)") from None
+    except (OSError, ValueError) as err:  # offline, missing weights: say what was tried
+        raise InputValueError(f"--model {name!r}: could not load its weights ({_reason(err)}); they must be "
+                              "available locally (e.g. in the Hugging Face cache)") from err
 
 
 def model_names() -> str:

@@ -33,6 +33,7 @@ from kcs_tl.adapters import unit as unit_of
 from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.gates import check_mode, keep_gate
+from kcs_tl.validate import InputError, InputValueError
 
 FORMAT = "kcs_tl.subnetwork"
 VERSION = 1
@@ -56,19 +57,20 @@ class Subnetwork:
 
     def __post_init__(self):
         if set(self.masks) != set(self.sites):
-            raise ValueError(f"masks and sites name different addresses: "
-                             f"{sorted(set(self.masks) ^ set(self.sites))}")
+            raise InputValueError(f"masks and sites name different addresses: "
+                                  f"{sorted(set(self.masks) ^ set(self.sites))}")
         for a, m in self.masks.items():
             if not isinstance(m, Tensor) or m.dtype != torch.bool or tuple(m.shape) != self.sites[a].shape:
                 got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, Tensor) else type(m).__name__
-                raise ValueError(f"mask {a} must be bool of shape {self.sites[a].shape}, got {got}")
+                raise InputValueError(f"mask {a} must be bool of shape {self.sites[a].shape}, got {got}")
         n_layers = self.fingerprint.get("n_layers")
         for a, s in self.sites.items():
             if s.address != a or a != f"blocks.{s.layer}.{s.module}.{s.name}":
-                raise ValueError(f"site {a!r} does not match its own fields (layer {s.layer}, {s.module}.{s.name})")
+                raise InputValueError(f"site {a!r} does not match its own fields "
+                                      f"(layer {s.layer}, {s.module}.{s.name})")
             if isinstance(n_layers, int) and not 0 <= s.layer < n_layers:
-                raise ValueError(f"site {a} names layer {s.layer}, but the model it was found on has "
-                                 f"layers 0..{n_layers - 1}")
+                raise InputValueError(f"site {a} names layer {s.layer}, but the model it was found on has "
+                                      f"layers 0..{n_layers - 1}")
 
     @classmethod
     def from_masked(cls, masked, settings: dict | None = None) -> "Subnetwork":
@@ -115,7 +117,7 @@ class Subnetwork:
         keys = {"overall": [], "layer": ["layer"], "module": ["layer", "module"],
                 "matrix": ["matrix"], "site": None}
         if by not in keys:
-            raise ValueError(f"unknown grouping {by!r}; choose from {sorted(keys) + ['head', 'neuron']}")
+            raise InputValueError(f"unknown grouping {by!r}; choose from {sorted(keys) + ['head', 'neuron']}")
         t = self.site_table()
         if keys[by] is None:
             return t
@@ -144,7 +146,7 @@ class Subnetwork:
                 rows.append({"layer": s.layer, "matrix": s.name, unit: i, "unit": unit_of(s), "total": per_unit,
                              "in_subnetwork": int(n), "sparsity": 1 - n / per_unit})
         if not rows:
-            raise ValueError(f"this subnetwork masks no site with a {unit} axis")
+            raise InputValueError(f"this subnetwork masks no site with a {unit} axis")
         return pd.DataFrame(rows)
 
     # -- set operations ----------------------------------------------------
@@ -155,10 +157,10 @@ class Subnetwork:
             diff = [f"{k}: {self.fingerprint.get(k)!r} vs {other.fingerprint.get(k)!r}"
                     for k in sorted(set(self.fingerprint) | set(other.fingerprint))
                     if self.fingerprint.get(k) != other.fingerprint.get(k)]
-            raise ValueError("subnetworks were found on different models: " + "; ".join(diff))
+            raise InputValueError("subnetworks were found on different models: " + "; ".join(diff))
         if self.sites != other.sites:
-            raise ValueError("subnetworks cover different sites: "
-                             f"{sorted(set(self.sites) ^ set(other.sites)) or 'same addresses, other shapes'}")
+            raise InputValueError("subnetworks cover different sites: "
+                                  f"{sorted(set(self.sites) ^ set(other.sites)) or 'same addresses, other shapes'}")
 
     def _combine(self, masks: dict[str, Tensor], op: str) -> "Subnetwork":
         return Subnetwork(masks, dict(self.sites), dict(self.fingerprint), dict(self.replacements),
@@ -188,17 +190,18 @@ class Subnetwork:
         check_model(model)
         diff = fingerprint_mismatch(self.fingerprint, model)
         if diff:
-            raise ValueError("this subnetwork was found on a different model: " + "; ".join(diff))
+            raise InputValueError("this subnetwork was found on a different model: " + "; ".join(diff))
         for a, s in self.sites.items():
             if not 0 <= s.layer < model.cfg.n_layers:
-                raise ValueError(f"site {a}: the model has no layer {s.layer} (layers 0..{model.cfg.n_layers - 1})")
+                raise InputValueError(f"site {a}: the model has no layer {s.layer} "
+                                      f"(layers 0..{model.cfg.n_layers - 1})")
             try:
                 expected = (weight_site(model, s.layer, s.name, s.granularity) if s.kind == "weight"
                             else hook_site(model, s.layer, f"{s.module}.{s.name}"))
-            except ValueError as err:
-                raise ValueError(f"site {a} does not exist in this model: {err}") from None
+            except InputError as err:
+                raise InputValueError(f"site {a} does not exist in this model: {err}") from None
             if expected != s:
-                raise ValueError(f"site {a} is laid out differently in this model: saved {s}, model {expected}")
+                raise InputValueError(f"site {a} is laid out differently in this model: saved {s}, model {expected}")
 
     def attach(self, model, mode: str = "remove") -> Attachment:
         """Gate ``model`` with this subnetwork until ``.detach()`` is called on the result."""
@@ -278,11 +281,11 @@ class Subnetwork:
         meta = read_json(meta_file, "a saved subnetwork's metadata (JSON)")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
             found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
-            raise ValueError(f"{meta_file} holds {found}, expected format {FORMAT!r} version {VERSION}")
+            raise InputValueError(f"{meta_file} holds {found}, expected format {FORMAT!r} version {VERSION}")
         for key, kind in (("fingerprint", dict), ("sites", list), ("settings", dict)):
             if not isinstance(meta.get(key), kind):
-                raise ValueError(f"{meta_file}: field {key!r} must be a JSON "
-                                 f"{'object' if kind is dict else 'list'}, got {meta.get(key)!r:.60}")
+                raise InputValueError(f"{meta_file}: field {key!r} must be a JSON "
+                                      f"{'object' if kind is dict else 'list'}, got {meta.get(key)!r:.60}")
         sites = {}
         for i, d in enumerate(meta["sites"]):
             site = _site_from_json(d, f"{meta_file}: sites[{i}]")
@@ -290,14 +293,14 @@ class Subnetwork:
         tensors = read_safetensors(path / _MASKS_FILE, "a saved subnetwork's masks")
         missing = sorted(set(sites) - set(tensors))
         if missing:
-            raise ValueError(f"{path / _MASKS_FILE} lacks the mask(s) of {missing} listed in {meta_file}")
+            raise InputValueError(f"{path / _MASKS_FILE} lacks the mask(s) of {missing} listed in {meta_file}")
         try:
             sub = cls(masks={a: tensors[a] for a in sites}, sites=sites, fingerprint=meta["fingerprint"],
                       replacements={k[len(_REPLACEMENT):]: v for k, v in tensors.items()
                                     if k.startswith(_REPLACEMENT)},
                       settings=meta["settings"])
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        except InputError as err:
+            raise type(err)(f"{path}: {err}") from None
         if model is not None:
             sub.check_model(model)
         return sub
@@ -317,9 +320,9 @@ class Subnetwork:
 def majority(subnetworks: Sequence[Subnetwork], k: int) -> Subnetwork:
     """Units that belong to at least ``k`` of the given subnetworks (k-of-n vote)."""
     if not subnetworks:
-        raise ValueError("majority needs at least one subnetwork")
+        raise InputValueError("majority needs at least one subnetwork")
     if not 1 <= k <= len(subnetworks):
-        raise ValueError(f"k must lie in 1..{len(subnetworks)}, got {k}")
+        raise InputValueError(f"k must lie in 1..{len(subnetworks)}, got {k}")
     first = subnetworks[0]
     for other in subnetworks[1:]:
         first._check_same_sites(other)
@@ -338,11 +341,11 @@ def _fold(w: Tensor, b: Tensor, site: Site, keep: Tensor, replacement: Tensor | 
 def _site_from_json(d, where: str) -> Site:
     """A saved site, its fields checked against ``Site``'s annotations (errors say which field)."""
     if not isinstance(d, dict):
-        raise ValueError(f"{where} must be a JSON object, got {d!r:.60}")
+        raise InputValueError(f"{where} must be a JSON object, got {d!r:.60}")
     names = [f.name for f in dataclasses.fields(Site)]
     missing, unknown = [n for n in names if n not in d], sorted(set(d) - set(names))
     if missing or unknown:
-        raise ValueError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}; a site has {names}")
+        raise InputValueError(f"{where}: missing field(s) {missing}, unknown field(s) {unknown}; a site has {names}")
     for f in dataclasses.fields(Site):
         v = d[f.name]
         ok = {"str": isinstance(v, str),
@@ -350,5 +353,5 @@ def _site_from_json(d, where: str) -> Site:
               "int | None": v is None or (isinstance(v, int) and not isinstance(v, bool)),
               "tuple[int, ...]": isinstance(v, list) and all(isinstance(x, int) and x > 0 for x in v)}
         if not ok.get(str(f.type), True):
-            raise ValueError(f"{where}: field {f.name!r} must be {f.type}, got {v!r:.60}")
+            raise InputValueError(f"{where}: field {f.name!r} must be {f.type}, got {v!r:.60}")
     return Site.from_json(d)

@@ -1,6 +1,8 @@
 """The kcs-tl command, end to end on the built-in model with tiny settings."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +59,15 @@ def test_bad_arguments_get_clear_messages(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["demo", "--help"])
     assert info.value.code == 0
+
+
+@pytest.mark.parametrize("bug, error", [("len(None)", "TypeError"), ("int('x')", "ValueError")])
+def test_an_internal_error_in_a_verb_exits_1_with_its_traceback(bug, error):
+    """Only a bad input (kcs_tl.InputError) or an OSError gets status 2 and one line; a bug raising a
+    built-in TypeError or ValueError keeps its traceback and exits with status 1 (Python's own)."""
+    code = (f"import kcs_tl.cli as cli, kcs_tl.cli.report as verb\ndef command(args):\n    {bug}\n"
+            "verb.command = command\ncli.main(['report', 'anywhere'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("Traceback") and ", in command\n" in done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"{error}: ") and "kcs-tl report: error" not in done.stderr

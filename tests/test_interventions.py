@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from conftest import toy_world
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from conftest import toy_tokenizer, toy_world
 from kcs_tl.adapters import hook_site
 from kcs_tl.analysis.methods import compare_methods
 from kcs_tl.baselines.attribution import (
@@ -131,6 +133,66 @@ def test_find_interventions_leaves_the_model_as_it_was_and_reports_its_cost(worl
         assert set(r.effect.table.index) >= {"original", "intervened", "random"}
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags and not model.hook_dict["blocks.0.mlp.hook_post"]._forward_hooks
+
+
+PLANTED = {"blocks.0.mlp.hook_post": [3], "blocks.1.mlp.hook_post": [6, 12]}
+
+
+def planted_task():
+    """A hand-set model whose preference for "red" over "blue" after "is" is carried by the PLANTED neurons.
+
+    No attention output, no norms. The token "is" writes residual dim 0 only; each planted neuron reads
+    dim 0 and adds 2 to logit(red) (through dim 1), and dim 0 adds 1 to logit(blue). So "red" wins by
+    5, still by 1 with two planted neurons removed, and loses only when all three are: no other set of
+    three flips it. Every other neuron reads and writes dims 2.. only, so it is silent after "is" but
+    shapes the predictions on the LM blocks (random tokens without "is"), where removing it costs KL.
+    """
+    tok = toy_tokenizer()
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4, d_mlp=16,
+                                  d_vocab=len(tok), act_fn="relu", normalization_type=None, seed=0)
+    model = HookedTransformer(cfg, tokenizer=tok).eval()
+    trigger, red, blue = (tok.get_vocab()[w] for w in ("is", "red", "blue"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.W_E[:, 2:] = torch.randn(cfg.d_vocab, 14, generator=g)
+        model.W_E[trigger] = 0
+        model.W_E[trigger, 0] = 1
+        for block in model.blocks:
+            block.mlp.W_in[2:] = torch.randn(14, 16, generator=g) / 14**0.5
+            block.mlp.W_out[:, 2:] = torch.randn(16, 14, generator=g) / 16**0.5
+        for address, neurons in PLANTED.items():
+            mlp = model.blocks[int(address.split(".")[1])].mlp
+            mlp.W_in[:, neurons] = 0
+            mlp.W_in[0, neurons] = 1
+            mlp.W_out[neurons] = 0
+            mlp.W_out[neurons, 1] = 2
+        model.W_U[2:] = torch.randn(14, cfg.d_vocab, generator=g)
+        model.W_U[2:, [red, blue]] = 0
+        model.W_U[1, red] = model.W_U[0, blue] = 1
+    others = torch.tensor([i for i in range(cfg.d_vocab) if i != trigger])
+    lm = others[torch.randint(len(others), (24, 16), generator=g)]
+    prompts = [f"the colour of thing{i} is" for i in range(12)]
+    return model, prompt_task(model, "flip", prompts, ("red", "blue"), lm[:16], lm_test=lm[16:], name="planted")
+
+
+def test_find_interventions_recovers_a_planted_mechanism_that_random_units_miss():
+    """Three units held by the Lagrangian: the search finds exactly the planted neurons.
+
+    Margin: the found set flips every prompt (accuracy 1 -> 0) at no LM cost, while each of 20
+    random sets of the same per-layer counts flips none (accuracy stays 1; a random set holds all
+    three planted neurons with chance 1/16 * 1/120) and costs KL on the LM blocks.
+    """
+    model, task = planted_task()
+    r = find_interventions(model, task, InterventionConfig(target_units=3, steps=50, eval_every=25), n_random=20)
+    found = {a: torch.nonzero(m).flatten().tolist() for a, m in r.subnetwork.masks.items() if m.any()}
+    assert found == PLANTED
+    effect = r.effect.value
+    assert effect("original", "test_accuracy") == 1 and effect("intervened", "test_accuracy") == 0
+    assert effect("random", "test_accuracy") - effect("intervened", "test_accuracy") == 1
+    # KL to the original on the held-out LM blocks: float32 noise only (|KL| < 1e-5) for silent units
+    assert abs(effect("intervened", "lm_kl")) < 1e-5 < 0.01 < effect("random", "lm_kl")
 
 
 def test_compare_methods_gives_one_row_per_method_and_size(world):

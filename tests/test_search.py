@@ -10,7 +10,7 @@ import torch
 import kcs_tl.discovery.search as search
 from kcs_tl.baselines import random_like
 from kcs_tl.data import encode
-from kcs_tl.discovery import DiscoveryConfig, discover
+from kcs_tl.discovery import DiscoveryConfig, Search, discover
 from kcs_tl.discovery.prepare import prepare
 from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.discovery.terms import kl_uniform, sparsity_weight
@@ -78,11 +78,12 @@ def test_a_short_search_hurts_the_target_more_than_the_control(builtin):
 def test_the_random_baseline_removes_exactly_the_same_counts_per_site(toy):
     model, target, control, blocks = toy
     sub = discover(model, target, control, blocks, DiscoveryConfig(**QUICK)).subnetwork
+    # neither empty nor whole (285 of 8,192 weights), so a draw of the same counts can differ from it
+    assert 0 < sub.n_in_subnetwork() < sum(m.numel() for m in sub.masks.values())
     for seed in range(3):
         other = random_like(sub, seed)
         assert {a: int(m.sum()) for a, m in other.masks.items()} == {a: int(m.sum()) for a, m in sub.masks.items()}
-    assert not all(torch.equal(random_like(sub, 0).masks[a], sub.masks[a]) for a in sub.masks) or \
-        sub.n_in_subnetwork() == 0
+        assert not all(torch.equal(other.masks[a], sub.masks[a]) for a in sub.masks)
 
 
 def test_config_round_trips_through_json_and_refuses_unknown_fields():
@@ -179,6 +180,30 @@ def test_lagrangian_and_hard_concrete_options_run(toy):
                                      "hooks": ("mlp.hook_post",), "weights": (), "expression_weight": 0.5})
     found = discover(model, target, control, blocks, cfg)
     assert "expression" in found.history and found.subnetwork.sites.keys() == {"blocks.1.mlp.hook_post"}
+
+
+def test_the_lagrangian_holds_the_default_target_density_on_a_short_run(toy):
+    """The default target_sparsity 0.985: expected density within 50% of 0.015 from step 150 to 300.
+
+    Why 50%, not 1%: the multipliers learn by Adam ascent, whose second moment still remembers the
+    starting gap (0.45 - 0.015), so near the target l1 moves slowly; the density overshoots below the
+    target (to 0.010 here) and comes back over ~1,000 steps instead of sitting on it. The band
+    (sparsity 0.985 +- 0.0075) still separates holding from not: with the multipliers frozen
+    (lagrangian_lr 1e-6) the density stays near its initial 0.45, and the published lambda schedule
+    leaves it at 0.023-0.036 over the same steps.
+    """
+    model, target, control, blocks = toy
+    cfg = DiscoveryConfig(**QUICK | {"steps": 300})
+    with pytest.warns(UserWarning, match="knows only"):  # a random model knows no facts
+        held = Search(model, target, control, blocks, cfg)
+    torch.manual_seed(0)  # the masks' noise comes from the global generator (discover seeds it)
+    density = []
+    with held:
+        for _ in range(cfg.steps):
+            held.step()
+            density.append(held.masked.expected_density().item())
+    target_density = 1 - cfg.target_sparsity
+    assert all(abs(d - target_density) <= 0.5 * target_density for d in density[150:]), density[150::10]
 
 
 def test_configs_saved_under_the_earlier_teacher_field_names_still_load():

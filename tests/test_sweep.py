@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+import shutil
 import warnings
 
 import pandas as pd
@@ -166,6 +167,23 @@ def test_failed_run_is_recorded_and_others_finish(tasks, tmp_path, monkeypatch):
     assert retry.calls == [1, 1] and set(result.runs.status) == {"finished"}
 
 
+def test_seed_stability_records_a_bad_input_and_raises_a_bug(tasks, tmp_path, monkeypatch):
+    """A group whose run folders no longer load gets its error in the stability table; a bug in the
+    stability code is raised, not recorded as if the group's data were at fault."""
+    out = tmp_path / "sweep"
+    first = run_sweep(tasks, out)
+    shutil.rmtree(out / first.runs.run_id.iloc[0] / "subnetwork")
+    errors = run_sweep(tasks, out).stability.set_index("task").error
+    assert "subnetwork is not a saved subnetwork" in errors["t0"] and pd.isna(errors["t1"])
+
+    def buggy(*args, **kwargs):
+        return len(None)
+
+    monkeypatch.setattr(worker, "seed_stability", buggy)
+    with pytest.raises(TypeError, match="NoneType"):
+        run_sweep(tasks, out)
+
+
 def test_tables_and_seed_stability_of_a_sweep(tasks, tmp_path):
     result = run_sweep(tasks, tmp_path / "sweep", seeds=(0, 1, 2))
     runs = result.runs
@@ -205,14 +223,19 @@ def test_sequential_fallback_says_so_once(tasks, tmp_path, monkeypatch):
         execution.choose("ray", None)
 
 
-def test_cli_sweep_prints_both_tables(tasks, tmp_path, capsys):
+def spec_file(tasks, tmp_path) -> str:
+    """A .toml spec of the toy tasks x seeds 0, 1 with the QUICK settings, writing to ``out``."""
     spec = tmp_path / "grid.toml"
     task_lines = "\n".join(f'[[tasks]]\ntarget = "{t["target"]}"\ncontrol = "{t["control"]}"\nlm = "lm.txt"\n'
                            f'name = "{t["name"]}"' for t in tasks)
     base = "\n".join(f"{k} = {json.dumps(v) if not isinstance(v, tuple) else list(v)}" for k, v in QUICK.items())
     spec.write_text(f'model = "{LOADER}"\nseeds = [0, 1]\nn_random = 0\nout_dir = "out"\n{task_lines}\n'
                     f"[base]\n{base}\n")
-    cli.main(["sweep", str(spec), "--sequential"])
+    return str(spec)
+
+
+def test_cli_sweep_prints_both_tables(tasks, tmp_path, capsys):
+    cli.main(["sweep", spec_file(tasks, tmp_path), "--sequential"])
     printed = capsys.readouterr().out
     assert "Runs:" in printed and "Seed stability" in printed and "runs.csv" in printed
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 4
@@ -223,6 +246,16 @@ def test_cli_sweep_prints_both_tables(tasks, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert err.getvalue().strip().startswith("kcs-tl sweep: error: ") and "did you mean ['seeds']" in err.getvalue()
     assert err.getvalue().count("\n") == 1
+
+
+def test_cli_sweep_exits_1_naming_the_tracebacks_of_failed_runs(tasks, tmp_path, monkeypatch, capsys):
+    """Failed runs are recorded and the others finish, but the command does not report success."""
+    monkeypatch.setattr(worker, "discover", CountingDiscover(lambda n, cfg: RuntimeError("boom") if cfg.seed else None))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", spec_file(tasks, tmp_path), "--sequential"])
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("kcs-tl sweep: 2 run(s) failed; tracebacks: ") and last.count("traceback.txt") == 2
 
 
 # -- seed stability on hand-made masks ---------------------------------------------------

@@ -18,6 +18,7 @@ from kcs_tl.adapters import hooked, sites
 from kcs_tl.adapters.sites import (
     GRANULARITIES, HOOK_NAMES, WEIGHT_NAMES, Architecture, Matrix, Site, hook_broadcast, unit,
 )
+from kcs_tl.validate import InputTypeError
 
 try:
     from kcs_tl.adapters import bridge
@@ -36,7 +37,7 @@ def adapter(model) -> ModuleType:
         return hooked
     if bridge is not None and bridge.is_model(model):
         return bridge
-    raise TypeError(f"kcs_tl needs a TransformerLens model, got {type(model).__name__}. Supported: {SUPPORTED}")
+    raise InputTypeError(f"kcs_tl needs a TransformerLens model, got {type(model).__name__}. Supported: {SUPPORTED}")
 
 
 def _dispatch(name: str):

@@ -27,6 +27,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities import apply_softcap
 
 from kcs_tl.adapters.sites import Site, architecture_of, check_config, site_of
+from kcs_tl.validate import InputTypeError, InputValueError
 
 # Canonical matrix -> the bridge component (under ``blocks[i]``) whose original_component computes it.
 _COMPONENT = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o",
@@ -40,14 +41,15 @@ def is_model(model) -> bool:
 def check_model(model) -> TransformerBridge:
     """Refuse a bridge kcs_tl cannot mask (see ``sites.check_config``; q/k/v not in their own modules)."""
     if not is_model(model):
-        raise TypeError(f"expected a transformer_lens TransformerBridge, got {type(model).__name__}")
+        raise InputTypeError(f"expected a transformer_lens TransformerBridge, got {type(model).__name__}")
     check_config(model.cfg)
     block = model.blocks[0]
     for name in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"):
         if _component(block, name) is None:
-            raise ValueError(f"this TransformerBridge ({type(block._modules.get('_original_component', block)).__name__}"
-                             f" blocks) has no {_COMPONENT[name]}.original_component computing {name}; kcs_tl masks "
-                             "bridges whose attention has separate q/k/v/o modules and whose MLP has in/out modules")
+            kind = type(block._modules.get("_original_component", block)).__name__
+            raise InputValueError(f"this TransformerBridge ({kind} blocks) has no {_COMPONENT[name]}.original_component "
+                                  f"computing {name}; kcs_tl masks bridges whose attention has separate q/k/v/o "
+                                  "modules and whose MLP has in/out modules")
     return model
 
 
@@ -79,8 +81,8 @@ def _orientation(module: nn.Module) -> str:
         return "out_in"
     if type(module).__name__ == "Conv1D":
         return "in_out"
-    raise ValueError(f"kcs_tl does not know how {type(module).__name__} stores its weight; "
-                     "expected nn.Linear or transformers' Conv1D")
+    raise InputValueError(f"kcs_tl does not know how {type(module).__name__} stores its weight; "
+                          "expected nn.Linear or transformers' Conv1D")
 
 
 def _heads_out(site: Site) -> bool:
@@ -92,15 +94,16 @@ def _stored(model: TransformerBridge, site: Site) -> nn.Module:
     """The module whose ``weight`` computes the site's matrix, checked to hold as many weights as the site."""
     module = _component(model.blocks[site.layer], site.name.lstrip("_"))
     if module is None:
-        raise ValueError(f"{site.address}: this TransformerBridge has no module computing {site.name}")
+        raise InputValueError(f"{site.address}: this TransformerBridge has no module computing {site.name}")
     weight = (module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight")
               else module.weight)
     full = site.full_shape
     n_in = full[1] if len(full) == 3 and not _heads_out(site) else math.prod(full[:-1])
     flat = (n_in, math.prod(full) // n_in)  # as read by x @ W
     if tuple(weight.shape) != (flat[::-1] if _orientation(module) == "out_in" else flat):
-        raise ValueError(f"{site.address}: {type(module).__name__} stores a weight of shape {tuple(weight.shape)}, "
-                         f"which is not {site.name} {site.full_shape} flattened; kcs_tl does not know this layout")
+        raise InputValueError(f"{site.address}: {type(module).__name__} stores a weight of shape "
+                              f"{tuple(weight.shape)}, which is not {site.name} {site.full_shape} flattened; "
+                              "kcs_tl does not know this layout")
     return module
 
 
@@ -143,7 +146,7 @@ def hook_point(model: TransformerBridge, site: Site) -> nn.Module:
     try:
         return model.hook_dict[site.address]
     except KeyError:
-        raise ValueError(f"this TransformerBridge has no hook point {site.address}") from None
+        raise InputValueError(f"this TransformerBridge has no hook point {site.address}") from None
 
 
 def readout(model: TransformerBridge, site: Site) -> tuple[Tensor, Tensor]:
@@ -152,7 +155,7 @@ def readout(model: TransformerBridge, site: Site) -> tuple[Tensor, Tensor]:
     w_site = site_of(architecture_of(model.cfg), site.layer, name)
     module = _stored(model, w_site)
     if module.bias is None:
-        raise ValueError(f"{site.address}: {type(module).__name__} has no bias to fold a replacement value into")
+        raise InputValueError(f"{site.address}: {type(module).__name__} has no bias to fold a replacement value into")
     return weight_view(model, w_site), module.bias
 
 

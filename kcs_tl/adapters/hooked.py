@@ -18,6 +18,7 @@ except ImportError:  # TransformerLens 4.x removed it; adapters.bridge serves th
     HookedTransformer = None
 
 from kcs_tl.adapters.sites import Site, check_config
+from kcs_tl.validate import InputTypeError, InputValueError
 
 
 def is_model(model) -> bool:
@@ -27,7 +28,7 @@ def is_model(model) -> bool:
 def check_model(model) -> HookedTransformer:
     """Refuse anything that is not a HookedTransformer kcs_tl can mask, naming what is supported."""
     if not is_model(model):
-        raise TypeError(
+        raise InputTypeError(
             f"kcs_tl needs a transformer_lens.HookedTransformer, got {type(model).__name__}. "
             "Supported: HookedTransformer (TransformerLens 3.x)."
         )
@@ -46,8 +47,8 @@ def check_site(model: HookedTransformer, site: Site) -> Site:
         w = target._parameters.get(site.name)
         if not isinstance(w, nn.Parameter) or tuple(w.shape) != site.full_shape:
             found = "nothing" if w is None else f"{type(w).__name__} {tuple(w.shape)}"
-            raise ValueError(f"{site.address}: expected a Parameter of shape {site.full_shape} in "
-                             f"{type(target).__name__}, found {found}; kcs_tl does not know this layout")
+            raise InputValueError(f"{site.address}: expected a Parameter of shape {site.full_shape} in "
+                                  f"{type(target).__name__}, found {found}; kcs_tl does not know this layout")
     return site
 
 

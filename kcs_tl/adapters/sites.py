@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from kcs_tl import validate
+from kcs_tl.validate import InputValueError
 
 WEIGHT_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_gate")
 """Every weight matrix name kcs_tl can mask; ``architecture(model).weights`` says which a model has."""
@@ -96,8 +97,9 @@ class Architecture:
         weights = validate.names(name, weights, WEIGHT_NAMES)
         missing = [w for w in weights if w not in self.matrices]
         if missing:
-            raise ValueError(f"{name}: {self.family} model has no {missing} (features: {', '.join(self.features)}); "
-                             f"its maskable matrices are {self.weights}")
+            raise InputValueError(f"{name}: {self.family} model has no {missing} "
+                                  f"(features: {', '.join(self.features)}); "
+                                  f"its maskable matrices are {self.weights}")
         return weights
 
     def table(self) -> pd.DataFrame:
@@ -176,13 +178,13 @@ class Site:
 def check_config(cfg) -> None:
     """Refuse configurations kcs_tl cannot mask, whichever class carries them."""
     if cfg.attn_only:
-        raise ValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
+        raise InputValueError("attention-only models have no MLP weights; mask attention weights or hooks only")
     if cfg.num_experts:
-        raise ValueError(f"mixture-of-experts models (num_experts={cfg.num_experts}) are not supported: kcs_tl "
-                         "masks dense MLPs only (GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen and Gemma-2 styles)")
+        raise InputValueError(f"mixture-of-experts models (num_experts={cfg.num_experts}) are not supported: kcs_tl "
+                              "masks dense MLPs only (GPT-2, GPT-NeoX/Pythia, Llama/Mistral/Qwen and Gemma-2 styles)")
     if getattr(cfg, "load_in_4bit", False):
-        raise ValueError("4-bit quantised models are not supported: their weights are packed, so a mask cannot "
-                         "multiply them; load the model in float32, float16 or bfloat16")
+        raise InputValueError("4-bit quantised models are not supported: their weights are packed, so a mask cannot "
+                              "multiply them; load the model in float32, float16 or bfloat16")
 
 
 def resolve_layers(model, layers) -> list[int]:
@@ -193,7 +195,7 @@ def resolve_layers(model, layers) -> list[int]:
     layers = validate.layers("layers", layers)
     bad = [x for x in layers if x >= n]
     if bad:
-        raise ValueError(f"layers {bad} out of range: this model has layers 0..{n - 1}")
+        raise InputValueError(f"layers {bad} out of range: this model has layers 0..{n - 1}")
     return sorted(set(layers))
 
 
@@ -202,7 +204,7 @@ def _matrix(arch: Architecture, name: str) -> Matrix:
     for m in arch.matrices.values():
         if name in (m.name, m.stored):
             return m
-    raise ValueError(f"unknown weight {name!r}; this {arch.family} model has {arch.weights}")
+    raise InputValueError(f"unknown weight {name!r}; this {arch.family} model has {arch.weights}")
 
 
 def site_of(arch: Architecture, layer: int, name: str, granularity: str = "weight") -> Site:
@@ -214,7 +216,7 @@ def site_of(arch: Architecture, layer: int, name: str, granularity: str = "weigh
     grouped-query attention), which is what a mask multiplies.
     """
     if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
+        raise InputValueError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
     m = _matrix(arch, name)
     full = arch.shape(m.name)
     if granularity == "weight":
@@ -238,7 +240,7 @@ def unit(site: Site) -> str:
 def hook_site(model, layer: int, hook: str) -> Site:
     """The site of ``attn.hook_z`` (one gate per head) or ``mlp.hook_post`` (per neuron)."""
     if hook not in HOOK_NAMES:
-        raise ValueError(f"unknown hook {hook!r}; choose from {HOOK_NAMES}")
+        raise InputValueError(f"unknown hook {hook!r}; choose from {HOOK_NAMES}")
     module, name = hook.split(".")
     if hook == "attn.hook_z":
         shape, gran, head, neuron = (model.cfg.n_heads,), "head", 0, None

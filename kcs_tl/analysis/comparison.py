@@ -31,6 +31,7 @@ from kcs_tl.analysis.components import components
 from kcs_tl.analysis.patching import PatchingResult
 from kcs_tl.baselines.random import random_like
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError, InputValueError
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -112,8 +113,8 @@ class Comparison:
         t = self.table
         rows = t[(t.metric == metric) & ((t.k.isna()) if k is None else (t.k == k))]
         if rows.empty:
-            raise ValueError(f"no {metric!r} at k={k}; metrics: {sorted(t.metric.unique())}, ks: "
-                             f"{sorted(t.k.dropna().astype(int).unique())}")
+            raise InputValueError(f"no {metric!r} at k={k}; metrics: {sorted(t.metric.unique())}, ks: "
+                                  f"{sorted(t.k.dropna().astype(int).unique())}")
         return float(rows[source].iloc[0])
 
     def summary(self) -> pd.DataFrame:
@@ -158,10 +159,10 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
     reuses ``random_components(subnetwork, n_random, seed)`` across several comparisons.
     """
     if not isinstance(subnetwork, Subnetwork):
-        raise TypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
+        raise InputTypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
     if not isinstance(patching, PatchingResult):
-        raise TypeError(f"patching must be a PatchingResult (kcs_tl.analysis.patch / attribute), "
-                        f"got {validate.given(patching)}")
+        raise InputTypeError(f"patching must be a PatchingResult (kcs_tl.analysis.patch / attribute), "
+                             f"got {validate.given(patching)}")
     kind = validate.choice("patching.granularity", patching.granularity, ("head", "neuron"))
     randoms = random_components(subnetwork, n_random, seed) if randoms is None else randoms
     n_random = len(randoms)
@@ -171,9 +172,9 @@ def compare(subnetwork: Subnetwork, patching: PatchingResult, ks: Sequence[int] 
 
     table = aligned(components(subnetwork))
     if table.empty:
-        raise ValueError(f"the subnetwork and the {kind} patching share no component: the subnetwork masks "
-                         f"layers {sorted(set(s.layer for s in subnetwork.sites.values()))}, patching covers "
-                         f"layers {sorted(patching.table.layer.unique())}")
+        raise InputValueError(f"the subnetwork and the {kind} patching share no component: the subnetwork masks "
+                              f"layers {sorted(set(s.layer for s in subnetwork.sites.values()))}, patching covers "
+                              f"layers {sorted(patching.table.layer.unique())}")
     ks = default_ks(len(table)) if ks is None else [validate.integer(f"ks[{i}]", k, 1, len(table))
                                                     for i, k in enumerate(ks)]
     effect = table["effect"].abs().fillna(0)

@@ -16,6 +16,7 @@ import torch
 
 from kcs_tl import validate
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError, InputValueError
 
 KINDS = ("head", "neuron")
 _PARTS = {"head": ("W_Q", "W_K", "W_V", "W_O", "hook_z"), "neuron": ("W_in", "W_out", "hook_post")}
@@ -36,7 +37,7 @@ def components(subnetwork: Subnetwork) -> pd.DataFrame:
     its matrices) and ``fraction`` (= in_subnetwork / total, the matrices together).
     """
     if not isinstance(subnetwork, Subnetwork):
-        raise TypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
+        raise InputTypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
     counts: dict[tuple[str, int], dict[str, tuple[torch.Tensor, int]]] = {}
     for address, site in subnetwork.sites.items():
         kind = "head" if site.head_axis is not None else "neuron" if site.neuron_axis is not None else None
@@ -63,7 +64,7 @@ def components(subnetwork: Subnetwork) -> pd.DataFrame:
         frame["fraction"] = frame["in_subnetwork"] / total_all
         frames.append(frame)
     if not frames:
-        raise ValueError("this subnetwork masks no attention head or MLP neuron")
+        raise InputValueError("this subnetwork masks no attention head or MLP neuron")
     table = pd.concat(frames, ignore_index=True)
     fracs = [c for c in table.columns if c.startswith("frac_")]
     return table[["component", "kind", "layer", "index", *fracs, "in_subnetwork", "total", "fraction"]]
@@ -74,5 +75,5 @@ def density(table: pd.DataFrame, kind: str) -> pd.DataFrame:
     validate.choice("kind", kind, KINDS)
     rows = table[table.kind == kind]
     if rows.empty:
-        raise ValueError(f"the components table holds no {kind}s")
+        raise InputValueError(f"the components table holds no {kind}s")
     return rows.pivot(index="layer", columns="index", values="fraction")

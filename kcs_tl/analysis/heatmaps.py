@@ -14,6 +14,7 @@ import pandas as pd
 from kcs_tl import validate
 from kcs_tl.analysis.components import KINDS
 from kcs_tl.analysis.patching import PatchingResult
+from kcs_tl.validate import InputValueError
 
 
 def _bucketed(frame: pd.DataFrame, n_buckets: int) -> pd.DataFrame:
@@ -43,7 +44,7 @@ def heatmaps(components: pd.DataFrame, patching: dict[str, PatchingResult] | Non
             panels.append((kind, f"|{patching[kind].method} patching effect| ({patching[kind].metric})",
                            effect, "Purples"))
     if not panels:
-        raise ValueError("nothing to draw: the components table holds no heads or neurons")
+        raise InputValueError("nothing to draw: the components table holds no heads or neurons")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
     for ax, (kind, title, frame, cmap) in zip(axes[0], panels):
         if kind == "neuron":

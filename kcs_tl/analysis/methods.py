@@ -27,6 +27,7 @@ from kcs_tl.interventions.counting import count_forwards
 from kcs_tl.interventions.effect import evaluate_intervention
 from kcs_tl.interventions.find import METHODS, InterventionConfig, find_interventions
 from kcs_tl.interventions.task import InterventionTask
+from kcs_tl.validate import InputTypeError, InputValueError
 
 INTERVENTION_METHODS = METHODS + UNIT_METHODS
 KNOWLEDGE_METHODS = ("discover",) + WEIGHT_METHODS
@@ -42,7 +43,8 @@ def _timed(model, fn):
 def _intervention_rows(model, task, methods, sizes, config, steps) -> list[dict]:
     config = config or InterventionConfig()
     if not isinstance(config, InterventionConfig):
-        raise TypeError(f"config must be an InterventionConfig for an InterventionTask, got {validate.given(config)}")
+        raise InputTypeError("config must be an InterventionConfig for an InterventionTask, "
+                             f"got {validate.given(config)}")
     rows = []
     for size in sizes:
         like, found = None, {}
@@ -73,7 +75,7 @@ def _knowledge_rows(model, task, methods, sizes, config) -> list[dict]:
 
     config = config or DiscoveryConfig(progress=False)
     if not isinstance(config, DiscoveryConfig):
-        raise TypeError(f"config must be a DiscoveryConfig for a knowledge task, got {validate.given(config)}")
+        raise InputTypeError(f"config must be a DiscoveryConfig for a knowledge task, got {validate.given(config)}")
     batch = encode(task.target, model.tokenizer, prepend_bos=config.bos(model))
 
     def gold_logprob(m):  # what removing the subnetwork should lower
@@ -116,19 +118,19 @@ def compare_methods(model, task, methods=None, sizes=None, config=None, *, ig_st
     """
     knowledge = all(hasattr(task, f) for f in ("target", "control", "lm"))
     if not knowledge and not isinstance(task, InterventionTask):
-        raise TypeError("task must be an InterventionTask or a forgetting task (target, control, lm), "
-                        f"got {validate.given(task)}")
+        raise InputTypeError("task must be an InterventionTask or a forgetting task (target, control, lm), "
+                             f"got {validate.given(task)}")
     options = KNOWLEDGE_METHODS if knowledge else INTERVENTION_METHODS
     methods = validate.names("methods", methods if methods is not None else options, options)
     if not methods:
-        raise ValueError(f"methods is empty; choose from {options}")
+        raise InputValueError(f"methods is empty; choose from {options}")
     ig_steps = validate.integer("ig_steps", ig_steps, 1)
     if knowledge:
         sizes = None if sizes is None else [validate.fraction(f"sizes[{i}]", s) for i, s in enumerate(sizes)]
         rows = _knowledge_rows(model, task, methods, sizes, config)
     else:
         if sizes is None or isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__") or not list(sizes):
-            raise ValueError(f"sizes must be a non-empty list of unit counts, got {validate.given(sizes)}")
+            raise InputValueError(f"sizes must be a non-empty list of unit counts, got {validate.given(sizes)}")
         sizes = [validate.integer(f"sizes[{i}]", s, 1) for i, s in enumerate(sizes)]
         rows = _intervention_rows(model, task, methods, sizes, config, ig_steps)
     return pd.DataFrame(rows)

@@ -30,6 +30,7 @@ from kcs_tl.analysis.answer_metrics import METRICS, answer_logits, answer_metric
 from kcs_tl.analysis.components import component_key
 from kcs_tl.analysis.neuron_patching import patch_neurons
 from kcs_tl.analysis.prompts import CORRUPTIONS, KnowledgePrompts
+from kcs_tl.validate import InputTypeError
 
 GRANULARITIES = ("head", "neuron", "attn_layer", "mlp_layer", "attn_pos", "mlp_pos")
 """``head``: each head's output (``hook_z``) at all positions; ``neuron``: each MLP neuron
@@ -104,8 +105,8 @@ def _quiet_tl():
 def _setup(model, prompts, metric, corruption, layers):
     check_model(model)
     if not isinstance(prompts, KnowledgePrompts):
-        raise TypeError(f"prompts must be KnowledgePrompts (kcs_tl.analysis.knowledge_prompts), "
-                        f"got {validate.given(prompts)}")
+        raise InputTypeError(f"prompts must be KnowledgePrompts (kcs_tl.analysis.knowledge_prompts), "
+                             f"got {validate.given(prompts)}")
     validate.choice("metric", metric, METRICS)
     validate.choice("corruption", corruption, CORRUPTIONS)
     layers = list(range(model.cfg.n_layers)) if layers is None else resolve_layers(model, layers)

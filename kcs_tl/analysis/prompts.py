@@ -28,6 +28,7 @@ from torch import Tensor
 from kcs_tl import validate
 from kcs_tl.adapters import check_model
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
+from kcs_tl.validate import InputTypeError, InputValueError
 
 CORRUPTIONS = ("swap", "noise")
 
@@ -103,15 +104,15 @@ def knowledge_prompts(model, graph: KnowledgeGraph, pool: KnowledgeGraph | list[
     """
     check_model(model)
     if not isinstance(graph, KnowledgeGraph):
-        raise TypeError(f"graph must be a KnowledgeGraph, got {validate.given(graph)}")
+        raise InputTypeError(f"graph must be a KnowledgeGraph, got {validate.given(graph)}")
     if pool is not None and not (isinstance(pool, (KnowledgeGraph, list, tuple))
                                  and all(isinstance(t, Triplet) for t in pool)):
-        raise TypeError(f"pool must be None, a KnowledgeGraph or a list of Triplets, got {validate.given(pool)}")
+        raise InputTypeError(f"pool must be None, a KnowledgeGraph or a list of Triplets, got {validate.given(pool)}")
     noise_scale = validate.number("noise_scale", noise_scale, 0)
     seed = validate.integer("seed", seed, 0)
     tok = model.tokenizer
     if tok is None:
-        raise ValueError("model has no tokenizer; knowledge prompts need model.tokenizer")
+        raise InputValueError("model has no tokenizer; knowledge prompts need model.tokenizer")
 
     def ids(text: str) -> list[int]:
         return tok.encode(text, add_special_tokens=False) if text else []
@@ -142,8 +143,8 @@ def knowledge_prompts(model, graph: KnowledgeGraph, pool: KnowledgeGraph | list[
         partners.append(partner)
         texts.append(f"{before}{subject}{after}")
     if not rows:
-        raise ValueError(f"no fact of {graph!r} has a counterfactual partner (a head of the same relation with "
-                         "as many tokens and another tail); pass a larger pool= graph")
+        raise InputValueError(f"no fact of {graph!r} has a counterfactual partner (a head of the same relation with "
+                              "as many tokens and another tail); pass a larger pool= graph")
     width = max(len(a) + len(s) + len(b) for a, s, _, b, _, _ in rows)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     clean = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -30,6 +30,7 @@ from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.templates import fill
 from kcs_tl.files import atomic_file
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError
 
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:75em}"
           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
@@ -102,11 +103,11 @@ def report(model, subnetwork: Subnetwork, target: KnowledgeGraph, path: str | Pa
     """
     check_model(model)
     if not isinstance(subnetwork, Subnetwork):
-        raise TypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
+        raise InputTypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
     subnetwork.check_model(model)
     for name, graph in (("target", target), ("control", control)):
         if graph is not None and not isinstance(graph, KnowledgeGraph):
-            raise TypeError(f"{name} must be a KnowledgeGraph, got {validate.given(graph)}")
+            raise InputTypeError(f"{name} must be a KnowledgeGraph, got {validate.given(graph)}")
     path = Path(validate.path("path", path))
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path {path}: folder {path.parent} does not exist")

@@ -30,6 +30,7 @@ from kcs_tl import validate
 from kcs_tl.adapters import check_model
 from kcs_tl.analysis.components import components
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError, InputValueError
 
 
 @functools.cache
@@ -70,10 +71,10 @@ class View:
 def _check(model, subnetwork, sentences, name: str) -> list[str]:
     check_model(model)
     if not isinstance(subnetwork, Subnetwork):
-        raise TypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
+        raise InputTypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
     subnetwork.check_model(model)
     if isinstance(sentences, str) or not sentences or not all(isinstance(s, str) and s for s in sentences):
-        raise ValueError(f"{name} must be a non-empty list of non-empty strings, got {validate.given(sentences)}")
+        raise InputValueError(f"{name} must be a non-empty list of non-empty strings, got {validate.given(sentences)}")
     return list(sentences)
 
 
@@ -122,7 +123,7 @@ def logprob_view(model, subnetwork: Subnetwork, sets: dict[str, list[str]]) -> V
     (negative: the remaining model finds the token less likely)."""
     check_model(model)
     if not isinstance(sets, dict) or not sets:
-        raise TypeError(f"sets must be a non-empty dict name -> list of sentences, got {validate.given(sets)}")
+        raise InputTypeError(f"sets must be a non-empty dict name -> list of sentences, got {validate.given(sets)}")
     sets = {name: _check(model, subnetwork, s, f"sets[{name!r}]") for name, s in sets.items()}
     widgets, captions, rows = [], [], []
     for name, sentences in sets.items():
@@ -152,7 +153,7 @@ def topk_view(model, subnetwork: Subnetwork, sentences: list[str], n_neurons: in
     table = components(subnetwork)
     table = table[table.kind == "neuron"]
     if table.empty:
-        raise ValueError("this subnetwork masks no MLP neuron, so it has no neurons to show")
+        raise InputValueError("this subnetwork masks no MLP neuron, so it has no neurons to show")
     chosen = {layer: rows.nlargest(n_neurons, "fraction") for layer, rows in table.groupby("layer")}
     tokens, acts = [], []
     for s in sentences:

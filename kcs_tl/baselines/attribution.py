@@ -40,6 +40,7 @@ from kcs_tl.adapters import HOOK_NAMES, Site, check_model, fingerprint, hook_sit
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import ABLATIONS, mean_activations
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputValueError
 
 UNIT_METHODS = ("integrated_gradients", "grad_x_activation", "activation", "random")
 WEIGHT_METHODS = ("weight_magnitude", "grad_x_weight", "random")
@@ -57,7 +58,7 @@ def hook_sites(model, hooks=("mlp.hook_post",), layers=None) -> list[Site]:
     layers = range(model.cfg.n_layers) if layers is None else validate.layers("layers", layers)
     bad = [l for l in layers if l >= model.cfg.n_layers]
     if bad:
-        raise ValueError(f"layers {bad} out of range: this model has layers 0..{model.cfg.n_layers - 1}")
+        raise InputValueError(f"layers {bad} out of range: this model has layers 0..{model.cfg.n_layers - 1}")
     return [hook_site(model, l, h) for l in layers for h in hooks]
 
 
@@ -124,7 +125,7 @@ def weight_attributions(model, sites: list[Site], method: str,
         return {s.address: torch.rand(s.shape, generator=gen) for s in sites}
     if method == "grad_x_weight":
         if objective is None:
-            raise ValueError("method 'grad_x_weight' needs an objective(model) -> scalar to differentiate")
+            raise InputValueError("method 'grad_x_weight' needs an objective(model) -> scalar to differentiate")
         full = _grad_x_weight(model, sites, objective)
     else:
         full = {s.address: weight_view(model, s).detach().abs().float() for s in sites}
@@ -158,10 +159,12 @@ def top_subnetwork(model, sites: list[Site], scores: dict[str, Tensor], *, like:
                    method: str = "attribution") -> Subnetwork:
     """The highest-scoring entries: per site as many as ``like`` has there, or the global top ``size``."""
     if (like is None) == (size is None):
-        raise ValueError("give exactly one of like= (a Subnetwork whose per-site counts to match) or size= (an int)")
+        raise InputValueError("give exactly one of like= (a Subnetwork whose per-site counts to match) "
+                              "or size= (an int)")
     if like is not None:
         if set(like.sites) != {s.address for s in sites}:
-            raise ValueError(f"like= covers sites {sorted(like.sites)}, the scores cover {[s.address for s in sites]}")
+            raise InputValueError(f"like= covers sites {sorted(like.sites)}, "
+                                  f"the scores cover {[s.address for s in sites]}")
         counts = {a: int(m.sum()) for a, m in like.masks.items()}
     else:
         total = sum(int(scores[s.address].numel()) for s in sites)

@@ -4,9 +4,11 @@
 ``evaluate`` run the same steps on your own data and any TransformerLens model
 whose weights you have locally.
 
-A bad input (argument, file, setting) prints one line naming it and exits with
-status 2, without a traceback; Ctrl-C exits with status 130. ``--out`` is
-checked before any work, and every output folder is written atomically
+A bad input (argument, file, setting: a ``kcs_tl.InputError``) or a file the
+system refuses (``OSError``) prints one line naming it and exits with status 2,
+without a traceback; any other exception is a bug and exits with status 1 and
+its traceback; Ctrl-C exits with status 130. ``--out`` is checked before any
+work, and every output folder is written atomically
 (``kcs_tl.files.result_folder``).
 
 One module per verb (``add_parser`` and ``command``), each a thin layer over
@@ -19,6 +21,7 @@ import argparse
 import sys
 
 from kcs_tl.cli import demo, discover, evaluate, interventions, report, sweep
+from kcs_tl.validate import InputError
 
 VERBS = (demo, discover, evaluate, report, interventions, sweep)
 
@@ -32,8 +35,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-USER_ERRORS = (ValueError, TypeError, OSError)
-"""What a bad argument, file or setting raises; anything else is a bug and keeps its traceback."""
+USER_ERRORS = (InputError, OSError)
+"""What a bad argument, file or setting raises; anything else (a built-in ValueError or TypeError
+too) is a bug and keeps its traceback."""
 
 
 def main(argv: list[str] | None = None) -> None:

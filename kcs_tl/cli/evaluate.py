@@ -11,6 +11,7 @@ from kcs_tl.files import check_writable, result_folder
 from kcs_tl.loading import load_kg, load_model
 from kcs_tl.evaluation import evaluate
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputValueError
 
 
 def add_parser(sub) -> None:
@@ -30,8 +31,8 @@ def add_parser(sub) -> None:
 def command(args) -> None:
     if args.out:
         if Path(args.out).resolve() in [Path(args.subnetwork).resolve(), *Path(args.subnetwork).resolve().parents]:
-            raise ValueError(f"--out {args.out} holds the --subnetwork being evaluated, and writing would replace "
-                             "it; choose another folder")
+            raise InputValueError(f"--out {args.out} holds the --subnetwork being evaluated, and writing would replace "
+                                  "it; choose another folder")
         check_writable(args.out, args.overwrite)
     target, control, lm_text = load_kg(args.target), load_kg(args.control), lm_file(args.lm)
     model = load_model(args.model)

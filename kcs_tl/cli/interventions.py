@@ -23,6 +23,7 @@ from kcs_tl.interventions.effect import evaluate_intervention
 from kcs_tl.interventions.find import METHODS, InterventionConfig, find_interventions
 from kcs_tl.interventions.task import agreement_task, gender_task
 from kcs_tl.masks.masked_model import ABLATIONS
+from kcs_tl.validate import InputValueError
 
 TASKS = {"agreement": agreement_task, "gender": gender_task}
 
@@ -63,7 +64,7 @@ def command(args) -> None:
                                 hooks=tuple(args.hooks), layers=args.layers, ablation=args.ablation,
                                 target_units=args.units, l0_weight=args.l0_weight, steps=args.steps, seed=args.seed)
     if args.method in UNIT_METHODS and args.units is None:
-        raise ValueError(f"--method {args.method} ranks units and needs --units N (how many to keep)")
+        raise InputValueError(f"--method {args.method} ranks units and needs --units N (how many to keep)")
     z = zoo.load("tiny-world")
     task = TASKS[args.task](z)
     start = time.perf_counter()

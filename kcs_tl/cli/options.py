@@ -8,6 +8,7 @@ from pathlib import Path
 from kcs_tl.files import check_writable, read_json
 from kcs_tl.loading import model_names
 from kcs_tl.discovery import DiscoveryConfig
+from kcs_tl.validate import InputError
 
 KG_HELP = "a KnowledgeGraph .jsonl file, wordnet:ROOT, wordnet:control or zoo:ROOT"
 
@@ -42,8 +43,8 @@ def search_config(args) -> DiscoveryConfig:
                  if v is not None}
     try:
         DiscoveryConfig.from_json(data)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"--config {args.config}: {err}") from None
+    except InputError as err:
+        raise type(err)(f"--config {args.config}: {err}") from None
     return DiscoveryConfig.from_json(data | overrides)
 
 

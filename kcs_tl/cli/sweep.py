@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from kcs_tl.sweeps import sweep
 from kcs_tl.sweeps.spec import read_spec
+from kcs_tl.sweeps.worker import FAILED
 
 
 def add_parser(sub) -> None:
@@ -26,3 +29,8 @@ def command(args) -> None:
     result = sweep(**spec, executor="sequential" if args.sequential else "auto")
     print(result)
     print(f"wrote {', '.join(str(f) for f in result.files)} and one folder per run in {result.out_dir}")
+    failed = result.runs.run_id[result.runs.status == FAILED]
+    if len(failed):  # the other runs are done; these raised, and their tracebacks say why
+        print(f"kcs-tl sweep: {len(failed)} run(s) failed; tracebacks: "
+              + ", ".join(str(result.out_dir / run / "traceback.txt") for run in failed), file=sys.stderr)
+        raise SystemExit(1)

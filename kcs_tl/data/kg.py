@@ -26,6 +26,7 @@ import pandas as pd
 
 from kcs_tl.data.templates import check_templates
 from kcs_tl.files import read_text
+from kcs_tl.validate import InputTypeError, InputValueError
 
 FORMAT = "kcs_tl.kg/1"
 
@@ -42,9 +43,9 @@ class Triplet:
         for field in ("head", "relation", "tail"):
             value = getattr(self, field)
             if not isinstance(value, str):
-                raise TypeError(f"Triplet.{field} must be a str, got {value!r}")
+                raise InputTypeError(f"Triplet.{field} must be a str, got {value!r}")
             if not value.strip() or value != value.strip():
-                raise ValueError(
+                raise InputValueError(
                     f"Triplet.{field} must be non-empty with no leading/trailing whitespace, got {value!r}"
                 )
 
@@ -54,7 +55,7 @@ def _as_triplet(item: object) -> Triplet:
         return item
     if isinstance(item, (tuple, list)) and len(item) == 3:
         return Triplet(*item)
-    raise TypeError(f"expected a Triplet or a (head, relation, tail) tuple, got {item!r}")
+    raise InputTypeError(f"expected a Triplet or a (head, relation, tail) tuple, got {item!r}")
 
 
 class KnowledgeGraph:
@@ -75,26 +76,26 @@ class KnowledgeGraph:
         name: str = "",
     ) -> None:
         if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {name!r}")
+            raise InputTypeError(f"name must be a str, got {name!r}")
         label = f"knowledge graph {name!r}" if name else "knowledge graph"
         self.triplets: tuple[Triplet, ...] = tuple(_as_triplet(t) for t in triplets)
         if not self.triplets:
-            raise ValueError(f"{label} has no triplets")
+            raise InputValueError(f"{label} has no triplets")
         seen: set[Triplet] = set()
         for t in self.triplets:
             if t in seen:
-                raise ValueError(f"{label} lists triplet {t} twice")
+                raise InputValueError(f"{label} lists triplet {t} twice")
             seen.add(t)
         self.templates = check_templates(templates, "templates")
         self.held_out_templates = check_templates(held_out_templates or {}, "held_out_templates")
         for relation, temps in self.held_out_templates.items():
             leaked = [t for t in temps if t in self.templates.get(relation, [])]
             if leaked:
-                raise ValueError(f"held-out template(s) {leaked} of {relation!r} are also training templates")
+                raise InputValueError(f"held-out template(s) {leaked} of {relation!r} are also training templates")
         missing = [r for r in self.relations if r not in self.templates]
         if missing:
             example = next(t for t in self.triplets if t.relation == missing[0])
-            raise ValueError(
+            raise InputValueError(
                 f"{label}: relation(s) {missing} have no template (e.g. triplet {example}); "
                 f"templates are given for {sorted(self.templates)}"
             )
@@ -124,7 +125,7 @@ class KnowledgeGraph:
     def index(self, triplet: Triplet) -> int:
         """Position of ``triplet`` in the graph."""
         if triplet not in self._index:
-            raise ValueError(f"triplet {triplet} is not in {self!r}")
+            raise InputValueError(f"triplet {triplet} is not in {self!r}")
         return self._index[triplet]
 
     # -- views ----------------------------------------------------------------
@@ -154,7 +155,7 @@ class KnowledgeGraph:
         chosen = [_as_triplet(t) for t in triplets]
         absent = [t for t in chosen if t not in self._index]
         if absent:
-            raise ValueError(f"{len(absent)} triplet(s) are not in {self!r}, e.g. {absent[:3]}")
+            raise InputValueError(f"{len(absent)} triplet(s) are not in {self!r}, e.g. {absent[:3]}")
         return KnowledgeGraph(chosen, self.templates, self.held_out_templates,
                               self.name if name is None else name)
 
@@ -199,29 +200,29 @@ class KnowledgeGraph:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not JSON ({err})") from None
+                raise InputValueError(f"{where}: not JSON ({err})") from None
             kind = record.get("type") if isinstance(record, dict) else None
             if (kind == "graph") != (header is None):
-                raise ValueError(f"{where}: the file must start with exactly one 'graph' record")
+                raise InputValueError(f"{where}: the file must start with exactly one 'graph' record")
             try:
                 if kind == "graph":
                     if record["format"] != FORMAT:
-                        raise ValueError(f"unknown format {record['format']!r}, expected {FORMAT!r}")
+                        raise InputValueError(f"unknown format {record['format']!r}, expected {FORMAT!r}")
                     header = record
                 elif kind == "template":
                     if not isinstance(record["held_out"], bool):
-                        raise ValueError(f"'held_out' must be true or false, got {record['held_out']!r}")
+                        raise InputValueError(f"'held_out' must be true or false, got {record['held_out']!r}")
                     tables[record["held_out"]].setdefault(record["relation"], []).append(record["template"])
                 elif kind == "triplet":
                     triplets.append(Triplet(record["head"], record["relation"], record["tail"]))
                 else:
-                    raise ValueError(f"unknown record type {kind!r}; valid: 'graph', 'template', 'triplet'")
+                    raise InputValueError(f"unknown record type {kind!r}; valid: 'graph', 'template', 'triplet'")
             except KeyError as err:
-                raise ValueError(f"{where}: {kind!r} record lacks field {err}") from None
+                raise InputValueError(f"{where}: {kind!r} record lacks field {err}") from None
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{where}: {err}") from None
+                raise InputValueError(f"{where}: {err}") from None
         if header is None:
-            raise ValueError(f"{source}: empty file, no 'graph' record")
+            raise InputValueError(f"{source}: empty file, no 'graph' record")
         return cls(triplets, tables[False], tables[True], header.get("name", ""))
 
     # -- display ---------------------------------------------------------------

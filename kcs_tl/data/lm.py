@@ -17,6 +17,7 @@ from torch import Tensor
 
 from kcs_tl.data.splits import holdout
 from kcs_tl.files import read_text
+from kcs_tl.validate import InputTypeError, InputValueError
 
 
 def _documents(texts: Sequence[str] | str | os.PathLike) -> list[str]:
@@ -29,11 +30,12 @@ def _documents(texts: Sequence[str] | str | os.PathLike) -> list[str]:
             shown = str(texts) if len(str(texts)) <= 60 else str(texts)[:57] + "..."
             hint = (" (a str is read as a file path; to pass text itself, give a list of strings, one per document)"
                     if isinstance(texts, str) else "")
-            raise ValueError(f"texts={shown!r} is not a file{hint}")
+            raise InputValueError(f"texts={shown!r} is not a file{hint}")
         text = read_text(texts, "text, one document per line")
         return [line.strip() for line in text.splitlines() if line.strip()]
     if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a list of strings or a path to a text file (one document per non-empty line)")
+        raise InputTypeError("texts must be a list of strings or a path to a text file "
+                             "(one document per non-empty line)")
     return [t for t in texts if t.strip()]
 
 
@@ -58,13 +60,13 @@ def lm_blocks(
     ``prepend_bos`` each block is BOS followed by ``block_len - 1`` corpus tokens.
     """
     if not isinstance(block_len, int) or block_len < 2:
-        raise ValueError(f"block_len must be an int >= 2, got {block_len!r}")
+        raise InputValueError(f"block_len must be an int >= 2, got {block_len!r}")
     if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 1):
-        raise ValueError(f"max_blocks must be None or an int >= 1, got {max_blocks!r}")
+        raise InputValueError(f"max_blocks must be None or an int >= 1, got {max_blocks!r}")
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if prepend_bos else None
     if eos is None or (prepend_bos and bos is None):
-        raise ValueError(f"the tokenizer needs an eos token{' and a bos token' if prepend_bos else ''}")
+        raise InputValueError(f"the tokenizer needs an eos token{' and a bos token' if prepend_bos else ''}")
     documents = _documents(texts)
     body = block_len - (1 if prepend_bos else 0)
     blocks: list[list[int]] = []
@@ -77,8 +79,8 @@ def lm_blocks(
             if len(blocks) == max_blocks:
                 break
     if not blocks:
-        raise ValueError(f"the corpus ({len(documents)} documents, {len(current)} tokens with separators) "
-                         f"is shorter than one block of {block_len} tokens")
+        raise InputValueError(f"the corpus ({len(documents)} documents, {len(current)} tokens with separators) "
+                              f"is shorter than one block of {block_len} tokens")
     return torch.tensor(blocks, dtype=torch.long)
 
 
@@ -91,8 +93,8 @@ def model_lm_blocks(texts: Sequence[str] | str | os.PathLike, model: Any, block_
     ``DiscoveryConfig.bos`` decides).
     """
     if model.tokenizer is None:
-        raise ValueError("text needs tokenising but the model has no tokenizer; pass one to "
-                         "HookedTransformer(cfg, tokenizer=...) or give token blocks")
+        raise InputValueError("text needs tokenising but the model has no tokenizer; pass one to "
+                              "HookedTransformer(cfg, tokenizer=...) or give token blocks")
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     return lm_blocks(texts, model.tokenizer, min(block_len, model.cfg.n_ctx), prepend_bos=bos)
 
@@ -102,6 +104,7 @@ def split_blocks(
 ) -> tuple[Int[Tensor, "n_train block_len"], Int[Tensor, "n_val block_len"]]:
     """Shuffle blocks with ``seed`` and split off ``val_fraction`` of them (at least one) for validation."""
     if blocks.ndim != 2 or len(blocks) < 2:
-        raise ValueError(f"need a [n_blocks, block_len] tensor with n_blocks >= 2, got shape {tuple(blocks.shape)}")
+        raise InputValueError(f"need a [n_blocks, block_len] tensor with n_blocks >= 2, "
+                              f"got shape {tuple(blocks.shape)}")
     train, val = holdout(len(blocks), val_fraction, seed)
     return blocks[train], blocks[val]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kcs_tl import validate
 from kcs_tl.files import read_text
+from kcs_tl.validate import InputTypeError, InputValueError
 
 _SENTENCE_END = (".", "?", "!", ":", ")", '"')
 
@@ -50,13 +51,13 @@ def load_prose(source: str | os.PathLike | Sequence[str] | None = None, min_word
         return python_docs(min_words)
     if isinstance(source, (str, os.PathLike)):
         if not Path(source).is_file():
-            raise ValueError(f"source={str(source)!r} is not a file; give a text file (one document per line), "
-                             "a list of strings, or None for Python's documentation")
+            raise InputValueError(f"source={str(source)!r} is not a file; give a text file (one document per line), "
+                                  "a list of strings, or None for Python's documentation")
         text = read_text(source, "text, one document per line")
         return [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(source, Sequence) and all(isinstance(s, str) for s in source):
         docs = [s for s in source if s.strip()]
         if docs:
             return docs
-        raise ValueError("source is a list with no non-empty string")
-    raise TypeError(f"source must be None, a text file path or a list of strings, got {validate.given(source)}")
+        raise InputValueError("source is a list with no non-empty string")
+    raise InputTypeError(f"source must be None, a text file path or a list of strings, got {validate.given(source)}")

@@ -15,6 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
+from kcs_tl.validate import InputValueError
 
 
 def check_disjoint(target: KnowledgeGraph, control: KnowledgeGraph, by_head: bool = False) -> None:
@@ -33,13 +34,13 @@ def check_disjoint(target: KnowledgeGraph, control: KnowledgeGraph, by_head: boo
         what = "are also target triplets"
     if clash:
         shown = ", ".join(str(t) for t in clash[:5]) + (", ..." if len(clash) > 5 else "")
-        raise ValueError(f"{len(clash)} control triplet(s) {what}: {shown}")
+        raise InputValueError(f"{len(clash)} control triplet(s) {what}: {shown}")
 
 
 def holdout(n: int, val_fraction: float, seed: int) -> tuple[Int[Tensor, "n_train"], Int[Tensor, "n_val"]]:
     """Shuffle ``range(n)`` with ``seed``; ``val_fraction`` of it (at least 1, never all) is validation."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        raise InputValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:], order[:n_val]
@@ -63,10 +64,10 @@ def target_control_split(
     heads = set(target_kg.heads)
     rest = [t for t in graph if t not in target_kg and not (by_head and t.head in heads)]
     if not rest:
-        raise ValueError(f"nothing is left for the control set of {graph!r} (by_head={by_head})")
+        raise InputValueError(f"nothing is left for the control set of {graph!r} (by_head={by_head})")
     if n_control is not None:
         if not isinstance(n_control, int) or not 0 < n_control <= len(rest):
-            raise ValueError(f"n_control must be an int in [1, {len(rest)}], got {n_control!r}")
+            raise InputValueError(f"n_control must be an int in [1, {len(rest)}], got {n_control!r}")
         keep = set(random.Random(seed).sample(range(len(rest)), n_control))
         rest = [t for i, t in enumerate(rest) if i in keep]
     control_kg = graph.subset(rest, name=f"{graph.name}/control" if graph.name else "control")
@@ -81,14 +82,14 @@ def subtree(graph: KnowledgeGraph, root: str, relation: str = "IsA") -> Knowledg
     then those whose tail is one of their heads, and so on (cycles are safe).
     """
     if relation not in graph.relations:
-        raise ValueError(f"relation {relation!r} is not in {graph!r}; valid: {list(graph.relations)}")
+        raise InputValueError(f"relation {relation!r} is not in {graph!r}; valid: {list(graph.relations)}")
     by_tail: dict[str, list[Triplet]] = {}
     for t in graph:
         if t.relation == relation:
             by_tail.setdefault(t.tail, []).append(t)
     if root not in by_tail:
-        raise ValueError(f"{root!r} is not the tail of any {relation!r} triplet of {graph!r}; "
-                         f"tails include {sorted(by_tail)[:10]}")
+        raise InputValueError(f"{root!r} is not the tail of any {relation!r} triplet of {graph!r}; "
+                              f"tails include {sorted(by_tail)[:10]}")
     found: list[Triplet] = []
     seen, frontier = {root}, [root]
     while frontier:

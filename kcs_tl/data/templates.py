@@ -12,6 +12,8 @@ import random
 import string
 from collections.abc import Mapping, Sequence
 
+from kcs_tl.validate import InputTypeError, InputValueError
+
 _TAIL = "{tail}"
 
 
@@ -19,22 +21,22 @@ def check_template(template: str, relation: str = "") -> None:
     """Raise ``ValueError`` unless ``template`` has ``{head}`` and ends with its only ``{tail}``."""
     where = f"template {template!r}" + (f" of relation {relation!r}" if relation else "")
     if not isinstance(template, str):
-        raise TypeError(f"{where}: a template must be a str, got {type(template).__name__}")
+        raise InputTypeError(f"{where}: a template must be a str, got {type(template).__name__}")
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as err:
-        raise ValueError(f"{where} is not a valid format string: {err}") from None
+        raise InputValueError(f"{where} is not a valid format string: {err}") from None
     fields = [(name, spec, conv) for _, name, spec, conv in parts if name is not None]
     bad = sorted({name for name, _, _ in fields if name not in ("head", "tail")})
     if bad:
-        raise ValueError(f"{where} has unknown slot(s) {bad}; the valid slots are {{head}} and {{tail}}")
+        raise InputValueError(f"{where} has unknown slot(s) {bad}; the valid slots are {{head}} and {{tail}}")
     if any(spec or conv for _, spec, conv in fields):
-        raise ValueError(f"{where}: slots take no format spec or conversion (write {{head}}, {{tail}})")
+        raise InputValueError(f"{where}: slots take no format spec or conversion (write {{head}}, {{tail}})")
     names = [name for name, _, _ in fields]
     if "head" not in names:
-        raise ValueError(f"{where} has no {{head}} slot")
+        raise InputValueError(f"{where} has no {{head}} slot")
     if names.count("tail") != 1 or not template.endswith(_TAIL):
-        raise ValueError(
+        raise InputValueError(
             f"{where} must contain {{tail}} exactly once, as its very end "
             f"(e.g. 'A {{head}} is a type of {{tail}}')"
         )
@@ -43,15 +45,15 @@ def check_template(template: str, relation: str = "") -> None:
 def check_templates(templates: Mapping[str, Sequence[str]], what: str = "templates") -> dict[str, list[str]]:
     """Check a relation -> templates mapping and return it as a plain ``dict`` of lists."""
     if not isinstance(templates, Mapping):
-        raise TypeError(f"{what} must be a dict relation -> list of templates, got {type(templates).__name__}")
+        raise InputTypeError(f"{what} must be a dict relation -> list of templates, got {type(templates).__name__}")
     out: dict[str, list[str]] = {}
     for relation, temps in templates.items():
         if isinstance(temps, str) or not isinstance(temps, Sequence):
-            raise TypeError(f"{what}[{relation!r}] must be a list of template strings, got {temps!r}")
+            raise InputTypeError(f"{what}[{relation!r}] must be a list of template strings, got {temps!r}")
         if not temps:
-            raise ValueError(f"{what}[{relation!r}] is empty; give at least one template")
+            raise InputValueError(f"{what}[{relation!r}] is empty; give at least one template")
         if len(set(temps)) != len(temps):
-            raise ValueError(f"{what}[{relation!r}] lists a template twice: {list(temps)!r}")
+            raise InputValueError(f"{what}[{relation!r}] lists a template twice: {list(temps)!r}")
         for template in temps:
             check_template(template, relation)
         out[relation] = list(temps)
@@ -82,12 +84,12 @@ def split_templates(
     """
     templates = check_templates(templates)
     if not isinstance(n_held_out, int) or n_held_out < 0:
-        raise ValueError(f"n_held_out must be an int >= 0, got {n_held_out!r}")
+        raise InputValueError(f"n_held_out must be an int >= 0, got {n_held_out!r}")
     train: dict[str, list[str]] = {}
     held_out: dict[str, list[str]] = {}
     for relation, temps in templates.items():
         if len(temps) <= n_held_out:
-            raise ValueError(
+            raise InputValueError(
                 f"relation {relation!r} has {len(temps)} template(s), need more than "
                 f"n_held_out={n_held_out} so at least one is left for training"
             )

@@ -19,6 +19,7 @@ from torch import Tensor
 from kcs_tl.data.batch import IGNORE_INDEX, KGBatch
 from kcs_tl.data.kg import KnowledgeGraph, Triplet
 from kcs_tl.data.templates import check_templates, fill
+from kcs_tl.validate import InputTypeError, InputValueError
 
 TemplateChoice = Literal["train", "held_out"] | Mapping[str, str | Sequence[str]] | Sequence[str]
 
@@ -38,16 +39,16 @@ def resolve_templates(graph: KnowledgeGraph, templates: TemplateChoice) -> dict[
         table = check_templates({r: [t] if isinstance(t, str) else t for r, t in templates.items()})
     elif isinstance(templates, Sequence) and not isinstance(templates, str):
         if len(graph.relations) != 1:
-            raise ValueError(f"a plain list of templates is ambiguous for {graph!r}; "
-                             f"pass a dict relation -> templates for {list(graph.relations)}")
+            raise InputValueError(f"a plain list of templates is ambiguous for {graph!r}; "
+                                  f"pass a dict relation -> templates for {list(graph.relations)}")
         table = check_templates({graph.relations[0]: templates})
     else:
-        raise ValueError(f"templates must be 'train', 'held_out', a dict relation -> template(s) "
-                         f"or a list of templates, got {templates!r}")
+        raise InputValueError(f"templates must be 'train', 'held_out', a dict relation -> template(s) "
+                              f"or a list of templates, got {templates!r}")
     missing = [r for r in graph.relations if r not in table]
     if missing:
-        raise ValueError(f"no {templates if isinstance(templates, str) else 'given'} templates for "
-                         f"relation(s) {missing} of {graph!r}")
+        raise InputValueError(f"no {templates if isinstance(templates, str) else 'given'} templates for "
+                              f"relation(s) {missing} of {graph!r}")
     return table
 
 
@@ -56,17 +57,17 @@ def _special_id(tokenizer: Any, *names: str) -> int:
         token_id = getattr(tokenizer, f"{name}_token_id", None)
         if token_id is not None:
             return token_id
-    raise ValueError(f"the tokenizer has no {' or '.join(names)} token; set one (e.g. tokenizer.{names[0]}_token)")
+    raise InputValueError(f"the tokenizer has no {' or '.join(names)} token; set one (e.g. tokenizer.{names[0]}_token)")
 
 
 def _encode_text(tokenizer: Any, text: str, triplet: Triplet, part: str) -> list[int]:
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
-        raise ValueError(f"the tokenizer encodes the {part} {text!r} of triplet {triplet} as no tokens")
+        raise InputValueError(f"the tokenizer encodes the {part} {text!r} of triplet {triplet} as no tokens")
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is not None and unk in ids:
-        raise ValueError(f"the tokenizer cannot encode the {part} {text!r} of triplet {triplet} "
-                         f"(it yields the unknown token {tokenizer.unk_token!r})")
+        raise InputValueError(f"the tokenizer cannot encode the {part} {text!r} of triplet {triplet} "
+                              f"(it yields the unknown token {tokenizer.unk_token!r})")
     return ids
 
 
@@ -83,7 +84,7 @@ def encode(
     Padding uses the pad token, else EOS.
     """
     if not callable(getattr(tokenizer, "encode", None)):
-        raise TypeError(f"tokenizer must be a Hugging Face tokenizer (e.g. model.tokenizer), got {tokenizer!r}")
+        raise InputTypeError(f"tokenizer must be a Hugging Face tokenizer (e.g. model.tokenizer), got {tokenizer!r}")
     table = resolve_templates(graph, templates)
     start = [_special_id(tokenizer, "bos")] if prepend_bos else []
     pad = _special_id(tokenizer, "pad", "eos")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kcs_tl.data.kg import KnowledgeGraph
+from kcs_tl.validate import InputValueError
 
 DATA_DIR = Path(__file__).parent / "wordnet"
 
@@ -36,7 +37,7 @@ ISA_TEMPLATES: list[str] = [
 def load_wordnet(root: str) -> KnowledgeGraph:
     """The TargetKG rooted at ``root`` (one of ``WORDNET_ROOTS``), e.g. ``"location.n.01"``."""
     if root not in WORDNET_ROOTS:
-        raise ValueError(f"unknown WordNet root {root!r}; valid roots: {', '.join(WORDNET_ROOTS)}")
+        raise InputValueError(f"unknown WordNet root {root!r}; valid roots: {', '.join(WORDNET_ROOTS)}")
     return KnowledgeGraph.load(DATA_DIR / f"{root}.jsonl")
 
 

@@ -17,6 +17,7 @@ from kcs_tl.discovery.teacher import TEACHERS
 from kcs_tl.discovery.terms import SUPPRESSIONS
 from kcs_tl.masks.relaxations import RELAXATIONS, get_relaxation
 from kcs_tl.evaluation import Criteria
+from kcs_tl.validate import InputError, InputTypeError, InputValueError
 
 MAX_LR = 10.0
 """Adam moves a score by about ``lr`` per step; above 10 every score jumps past saturation
@@ -94,12 +95,12 @@ class DiscoveryConfig:
         for name, check in FIELD_CHECKS.items():
             setattr(self, name, check(f"DiscoveryConfig.{name}", getattr(self, name)))
         if self.weights == () and not self.hooks:
-            raise ValueError("DiscoveryConfig: weights and hooks are both empty; nothing would be masked")
+            raise InputValueError("DiscoveryConfig: weights and hooks are both empty; nothing would be masked")
         if self.checkpoint_every and not self.checkpoint_dir:
-            raise ValueError("DiscoveryConfig.checkpoint_every needs a checkpoint_dir")
+            raise InputValueError("DiscoveryConfig.checkpoint_every needs a checkpoint_dir")
         try:
             get_relaxation(self.relaxation, **self.relaxation_options)
-        except (TypeError, ValueError) as err:
+        except InputError as err:
             raise type(err)(f"DiscoveryConfig.relaxation_options: {err}") from None
 
     @classmethod
@@ -107,7 +108,7 @@ class DiscoveryConfig:
         """Named settings: ``"default"`` or ``"published"`` (the released 40,000-step runs)."""
         presets = {"default": {}, "published": {"steps": 40_000, "early_stop": False, "target_sparsity": None}}
         if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+            raise InputValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
         return cls(**(presets[name] | overrides))
 
     def bos(self, model) -> bool:
@@ -120,15 +121,16 @@ class DiscoveryConfig:
     @classmethod
     def from_json(cls, data: dict) -> "DiscoveryConfig":
         if not isinstance(data, dict):
-            raise TypeError(f"a DiscoveryConfig is read from a JSON object of its fields, got {validate.given(data)}")
+            raise InputTypeError("a DiscoveryConfig is read from a JSON object of its fields, "
+                                 f"got {validate.given(data)}")
         data = {RENAMED.get(k, k): v for k, v in data.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             close = [m for u in unknown for m in difflib.get_close_matches(str(u), known, n=1)]
             hint = f" (did you mean {close}?)" if close else ""
-            raise ValueError(f"unknown config fields {unknown}{hint}; the valid fields are those of "
-                             "kcs_tl.DiscoveryConfig (help(kcs_tl.DiscoveryConfig))")
+            raise InputValueError(f"unknown config fields {unknown}{hint}; the valid fields are those of "
+                                  "kcs_tl.DiscoveryConfig (help(kcs_tl.DiscoveryConfig))")
         return cls(**data)
 
 
@@ -140,17 +142,17 @@ def _criteria(name: str, value) -> Criteria:
     if isinstance(value, Criteria):
         return dataclasses.replace(value)  # re-checked
     if not isinstance(value, dict):
-        raise TypeError(f"{name} must be a Criteria or a dict of its fields, got {validate.given(value)}")
+        raise InputTypeError(f"{name} must be a Criteria or a dict of its fields, got {validate.given(value)}")
     known = [f.name for f in dataclasses.fields(Criteria)]
     unknown = sorted(set(value) - set(known))
     if unknown:
-        raise ValueError(f"{name} has unknown field(s) {unknown}; valid: {known}")
+        raise InputValueError(f"{name} has unknown field(s) {unknown}; valid: {known}")
     return Criteria(**value)
 
 
 def _options(name: str, value) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise TypeError(f"{name} must be a dict of option name -> value, got {validate.given(value)}")
+        raise InputTypeError(f"{name} must be a dict of option name -> value, got {validate.given(value)}")
     return value
 
 
@@ -204,7 +206,8 @@ def checked_config(config: DiscoveryConfig | None) -> DiscoveryConfig:
     if config is None:
         return DiscoveryConfig()
     if not isinstance(config, DiscoveryConfig):
-        raise TypeError(f"config must be a DiscoveryConfig (DiscoveryConfig(**settings)), got {validate.given(config)}")
+        raise InputTypeError("config must be a DiscoveryConfig (DiscoveryConfig(**settings)), "
+                             f"got {validate.given(config)}")
     return dataclasses.replace(config)
 
 
@@ -213,7 +216,7 @@ def resolve_device(cfg: DiscoveryConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.device!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
+        raise InputValueError(f"device {cfg.device!r} asked for, but CUDA is not available; use 'cpu' or 'auto'")
     if cfg.device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' asked for, but MPS is not available; use 'cpu' or 'auto'")
+        raise InputValueError("device 'mps' asked for, but MPS is not available; use 'cpu' or 'auto'")
     return torch.device(cfg.device)

@@ -27,12 +27,13 @@ from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.discovery.teacher import TeacherOutputs, plan_teacher
 from kcs_tl.masks.masked_model import plan_sites
 from kcs_tl.evaluation import kg_metrics, lm_metrics, score_kg, score_lm
+from kcs_tl.validate import InputError, InputTypeError, InputValueError
 
 
 def _tokenizer(model, what: str):
     if model.tokenizer is None:
-        raise ValueError(f"{what} needs tokenising but the model has no tokenizer; pass one to "
-                         "HookedTransformer(cfg, tokenizer=...) or give pre-tokenised inputs")
+        raise InputValueError(f"{what} needs tokenising but the model has no tokenizer; pass one to "
+                              "HookedTransformer(cfg, tokenizer=...) or give pre-tokenised inputs")
     return model.tokenizer
 
 
@@ -40,7 +41,7 @@ def _as_kg_batch(data, model, what: str, prepend_bos: bool) -> KGBatch:
     if isinstance(data, KnowledgeGraph):
         data = encode(data, _tokenizer(model, what), "train", prepend_bos=prepend_bos)
     if not isinstance(data, KGBatch):
-        raise TypeError(f"{what} must be a KnowledgeGraph or a KGBatch, got {type(data).__name__}")
+        raise InputTypeError(f"{what} must be a KnowledgeGraph or a KGBatch, got {type(data).__name__}")
     return validate.kg_batch(what, data, model)
 
 
@@ -48,11 +49,11 @@ def _as_lm_blocks(data, model, block_len: int, prepend_bos: bool) -> Int[Tensor,
     if not isinstance(data, Tensor):
         try:
             data = model_lm_blocks(data, model, block_len, prepend_bos)
-        except (TypeError, ValueError) as err:
+        except InputError as err:
             raise type(err)(f"control_lm: {err}") from None
     validate.tokens("control_lm", data, model)
     if len(data) < 2:
-        raise ValueError(f"control_lm needs at least 2 token blocks [n, block_len], got {tuple(data.shape)}")
+        raise InputValueError(f"control_lm needs at least 2 token blocks [n, block_len], got {tuple(data.shape)}")
     return data
 
 
@@ -60,7 +61,7 @@ def _split_by_triplet(batch: KGBatch, fraction: float, seed: int) -> tuple[KGBat
     """Train/validation rows with every triplet's sentences on one side only."""
     triplets = batch.triplet_index.unique()
     if len(triplets) < 2:
-        raise ValueError("control_kg needs at least 2 triplets to hold some out for validation")
+        raise InputValueError("control_kg needs at least 2 triplets to hold some out for validation")
     _, held = holdout(len(triplets), fraction, seed)
     val = torch.isin(batch.triplet_index, triplets[held])
     return batch[torch.nonzero(~val)[:, 0]], batch[torch.nonzero(val)[:, 0]]
@@ -135,7 +136,8 @@ def prepare(model, target, control_kg, control_lm, cfg: DiscoveryConfig, device,
     c_all = _as_kg_batch(control_kg, model, "control_kg", bos)
     overlap = set(t.sentences) & set(c_all.sentences)
     if overlap:
-        raise ValueError(f"{len(overlap)} sentence(s) are in both target and control_kg, e.g. {sorted(overlap)[:3]}")
+        raise InputValueError(f"{len(overlap)} sentence(s) are in both target and control_kg, "
+                              f"e.g. {sorted(overlap)[:3]}")
     c, c_val = (b.to(device) for b in _split_by_triplet(c_all, cfg.control_val_fraction, cfg.seed))
     lm, lm_val = (b.to(device) for b in split_blocks(_as_lm_blocks(control_lm, model, cfg.lm_block_len, bos),
                                                      cfg.lm_val_fraction, cfg.seed))

@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from kcs_tl.precision import at_least_fp32
+from kcs_tl.validate import InputValueError
 
 TEACHERS = ("auto", "full", "fp16", "top_k", "on_the_fly")
 _CACHED = ("full", "fp16", "top_k")
@@ -138,9 +139,9 @@ def plan_teacher(mode: str, n_control: int, n_lm: int, vocab: int, top_k: int,
     estimates = {kind: gib(kind, n) for kind in _CACHED}
     if mode != "auto":
         if mode != "on_the_fly" and estimates[mode] > max_gib:
-            raise ValueError(f"teacher={mode!r}: caching the original model's outputs at {n:,} positions "
-                             f"(vocabulary {vocab:,}) would take {estimates[mode]:.1f} GiB > teacher_max_gib="
-                             f"{max_gib:g}; use teacher='auto' (picks one that fits) or raise teacher_max_gib")
+            raise InputValueError(f"teacher={mode!r}: caching the original model's outputs at {n:,} positions "
+                                  f"(vocabulary {vocab:,}) would take {estimates[mode]:.1f} GiB > teacher_max_gib="
+                                  f"{max_gib:g}; use teacher='auto' (picks one that fits) or raise teacher_max_gib")
         return TeacherPlan(mode, mode, top_k, gib(mode, n), estimates)
     for kind in _CACHED:
         if estimates[kind] <= max_gib:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from kcs_tl.validate import InputValueError
+
 SUPPRESSIONS = ("kl_uniform", "entropy", "margin")
 
 
@@ -47,7 +49,7 @@ def suppression(logits: Float[Tensor, "n vocab"], gold: Int[Tensor, "n"], kind: 
         return neg_entropy(logits).mean()
     if kind == "margin":
         return margin(logits, gold, log_margin).mean()
-    raise ValueError(f"unknown suppression {kind!r}; choose from {SUPPRESSIONS}")
+    raise InputValueError(f"unknown suppression {kind!r}; choose from {SUPPRESSIONS}")
 
 
 def sparsity_weight(step: int, total: int, start: float = 2.0, end: float = 3.0) -> float:
@@ -68,7 +70,7 @@ class Lagrangian(nn.Module):
     def __init__(self, target_density: float):
         super().__init__()
         if not 0 <= target_density <= 1:
-            raise ValueError(f"target density must lie in [0, 1], got {target_density}")
+            raise InputValueError(f"target density must lie in [0, 1], got {target_density}")
         self.target = target_density
         self.l1 = nn.Parameter(torch.zeros(()))
         self.l2 = nn.Parameter(torch.zeros(()))

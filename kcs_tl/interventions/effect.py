@@ -23,6 +23,7 @@ from kcs_tl.baselines.random import random_like
 from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.interventions.task import InterventionTask, Prompts
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError
 
 
 @torch.no_grad()
@@ -92,10 +93,10 @@ def evaluate_intervention(model, task: InterventionTask, subnetwork: Subnetwork,
                           seed: int = 0) -> InterventionEffect:
     """Score ``subnetwork``'s intervention on ``task`` against the original and ``n_random`` random sets."""
     if not isinstance(task, InterventionTask):
-        raise TypeError(f"task must be an InterventionTask (e.g. kcs_tl.interventions.agreement_task(z)), "
-                        f"got {validate.given(task)}")
+        raise InputTypeError(f"task must be an InterventionTask (e.g. kcs_tl.interventions.agreement_task(z)), "
+                             f"got {validate.given(task)}")
     if not isinstance(subnetwork, Subnetwork):
-        raise TypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
+        raise InputTypeError(f"subnetwork must be a Subnetwork, got {validate.given(subnetwork)}")
     subnetwork.check_model(model)
     n_random = validate.integer("n_random", n_random, 0)
     seed = validate.integer("seed", seed, 0)

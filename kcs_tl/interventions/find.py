@@ -37,6 +37,7 @@ from kcs_tl.interventions.effect import InterventionEffect, evaluate_interventio
 from kcs_tl.interventions.task import InterventionTask
 from kcs_tl.masks.masked_model import ABLATIONS, MaskedModel
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError, InputValueError
 
 METHODS = ("hard_concrete", "reinforce")
 
@@ -81,7 +82,7 @@ class InterventionConfig:
         self.method = v.choice("InterventionConfig.method", self.method, METHODS)
         self.hooks = v.names("InterventionConfig.hooks", self.hooks, HOOK_NAMES)
         if not self.hooks:
-            raise ValueError(f"InterventionConfig.hooks is empty; give some of {HOOK_NAMES}")
+            raise InputValueError(f"InterventionConfig.hooks is empty; give some of {HOOK_NAMES}")
         self.layers = v.optional(v.layers, "InterventionConfig.layers", self.layers)
         self.ablation = v.choice("InterventionConfig.ablation", self.ablation, ABLATIONS)
         for name in ("kl_weight", "l0_weight"):
@@ -154,11 +155,11 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
     n_random = validate.integer("n_random", n_random, 0)
     seed = validate.integer("seed", seed, 0)
     if not isinstance(task, InterventionTask):
-        raise TypeError(f"task must be an InterventionTask (agreement_task, gender_task or prompt_task), "
-                        f"got {validate.given(task)}")
+        raise InputTypeError(f"task must be an InterventionTask (agreement_task, gender_task or prompt_task), "
+                             f"got {validate.given(task)}")
     config = config or InterventionConfig()
     if not isinstance(config, InterventionConfig):
-        raise TypeError(f"config must be an InterventionConfig, got {validate.given(config)}")
+        raise InputTypeError(f"config must be an InterventionConfig, got {validate.given(config)}")
     device = next(model.parameters()).device
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -172,8 +173,8 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
     try:
         total_units = sum(s.shape[0] for s in masked.sites.values())
         if config.target_units is not None and config.target_units > total_units:
-            raise ValueError(f"InterventionConfig.target_units={config.target_units} exceeds the "
-                             f"{total_units} units of the searched sites")
+            raise InputValueError(f"InterventionConfig.target_units={config.target_units} exceeds the "
+                                  f"{total_units} units of the searched sites")
         scores = {a: masked.score(a) for a in masked.sites}
         params = [{"params": list(masked.scores.values()), "lr": config.lr}]
         if config.ablation == "learned":

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from kcs_tl import validate
 from kcs_tl.data.lm import lm_blocks
+from kcs_tl.validate import InputTypeError, InputValueError
 
 KINDS = ("flip", "neutralise", "push_up", "push_down")
 EFFECT_NAMES = {"flip": "accuracy", "neutralise": "gap", "push_up": "prob", "push_down": "prob"}
@@ -64,30 +65,30 @@ class Prompts:
 def token_id(model, word: str, name: str = "token") -> int:
     """The single token id of ``word`` (a leading space is added when missing)."""
     if not isinstance(word, str) or not word.strip():
-        raise ValueError(f"{name} must be a non-empty word, got {validate.given(word)}")
+        raise InputValueError(f"{name} must be a non-empty word, got {validate.given(word)}")
     text = word if word.startswith(" ") else " " + word
     ids = model.to_tokens(text, prepend_bos=False)[0].tolist()
     if len(ids) != 1:
-        raise ValueError(f"{name} {word!r} is {len(ids)} tokens for this tokenizer ({model.to_str_tokens(text, prepend_bos=False)}); "
-                         "give words that are one token each")
+        raise InputValueError(f"{name} {word!r} is {len(ids)} tokens for this tokenizer ({model.to_str_tokens(text, prepend_bos=False)}); "
+                              "give words that are one token each")
     return ids[0]
 
 
 def encode_prompts(model, prompts: Sequence[str], pairs: Sequence[tuple[str, str]], name: str = "prompts") -> Prompts:
     """Tokenise ``prompts`` (BOS as the model prepends it) with one ``(a, b)`` word pair per prompt."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
-        raise TypeError(f"{name} must be a non-empty list of strings, got {validate.given(prompts)}")
+        raise InputTypeError(f"{name} must be a non-empty list of strings, got {validate.given(prompts)}")
     if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(w, str) for w in pairs):
         pairs = [pairs] * len(prompts)
     if not isinstance(pairs, Sequence) or len(pairs) != len(prompts):
-        raise ValueError(f"{name}: give one (a, b) word pair, or one pair per prompt "
-                         f"({len(prompts)} prompts), got {validate.given(pairs)}")
+        raise InputValueError(f"{name}: give one (a, b) word pair, or one pair per prompt "
+                              f"({len(prompts)} prompts), got {validate.given(pairs)}")
     rows, a, b = [], [], []
     for i, (text, pair) in enumerate(zip(prompts, pairs)):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{name}[{i}] must be a non-empty string, got {validate.given(text)}")
+            raise InputValueError(f"{name}[{i}] must be a non-empty string, got {validate.given(text)}")
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ValueError(f"{name}: pair {i} must be (a, b) words, got {validate.given(pair)}")
+            raise InputValueError(f"{name}: pair {i} must be (a, b) words, got {validate.given(pair)}")
         rows.append(model.to_tokens(text)[0])
         a.append(token_id(model, pair[0], f"{name} pair {i} a"))
         b.append(token_id(model, pair[1], f"{name} pair {i} b"))
@@ -215,7 +216,7 @@ def gender_task(zoo_model, n_blocks: int = 64, held_out: Sequence[str] = ()) -> 
     professions = sorted({it.profession for it in z.gender_test})
     held_out = validate.names("held_out", held_out, professions)
     if len(held_out) == len(professions):
-        raise ValueError("held_out names every profession; leave some to search on")
+        raise InputValueError("held_out names every profession; leave some to search on")
     prefixes = sorted({cut[0] for s in z.gender_train if (cut := _cut_before(s, {"he", "she"}))
                        and cut[0].split()[1] not in held_out})
     test_prefixes = [it.prefix for it in z.gender_test if not held_out or it.profession in held_out]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from kcs_tl.validate import InputValueError
+
 MODES = ("remove", "keep")
 
 
@@ -19,5 +21,5 @@ def keep_gate(m: Tensor, mode: str) -> Tensor:
 
 def check_mode(mode: str) -> str:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        raise InputValueError(f"unknown mode {mode!r}; choose from {MODES}")
     return mode

@@ -31,6 +31,7 @@ from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.gates import check_mode, keep_gate
 from kcs_tl.masks.relaxations import Relaxation, get_relaxation
 from kcs_tl.precision import at_least_fp32
+from kcs_tl.validate import InputError, InputValueError
 
 ABLATIONS = ("zero", "mean", "learned")
 
@@ -74,7 +75,7 @@ def plan_sites(model, weights: Iterable[str] | None = None, hooks: Iterable[str]
     hooks = validate.names(names[1], hooks, HOOK_NAMES)
     try:
         chosen = resolve_layers(model, layers)
-    except (TypeError, ValueError) as err:
+    except InputError as err:
         raise type(err)(str(err).replace("layers", names[2], 1)) from None
     sites: dict[str, Site] = {}
     for layer in chosen:
@@ -85,7 +86,7 @@ def plan_sites(model, weights: Iterable[str] | None = None, hooks: Iterable[str]
             s = hook_site(model, layer, hook)
             sites[s.address] = s
     if not sites:
-        raise ValueError(f"nothing to mask: {names[0]} and {names[1]} are both empty")
+        raise InputValueError(f"nothing to mask: {names[0]} and {names[1]} are both empty")
     return sites
 
 
@@ -134,7 +135,7 @@ class MaskedModel(nn.Module):
         validate.fraction("init_prob", init_prob)
         self.ablation = validate.choice("ablation", ablation, ABLATIONS)
         if ablation == "mean" and reference is None:
-            raise ValueError("ablation='mean' needs reference tokens to average activations over")
+            raise InputValueError("ablation='mean' needs reference tokens to average activations over")
         if reference is not None:
             validate.tokens("reference", reference, model)
         self.mode = check_mode(mode)

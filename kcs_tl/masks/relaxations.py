@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kcs_tl import validate
+from kcs_tl.validate import InputValueError
 
 _EPS = 1e-6
 
@@ -162,5 +163,5 @@ def get_relaxation(relaxation: str | Relaxation | dict = "straight_through", **o
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"relaxation {relaxation!r} has no option(s) {unknown}; its options are {valid}")
+        raise InputValueError(f"relaxation {relaxation!r} has no option(s) {unknown}; its options are {valid}")
     return cls(**options)

@@ -22,6 +22,7 @@ from kcs_tl.files import writable_folder
 from kcs_tl.sweeps import execution, tables
 from kcs_tl.sweeps.grid import Run, expand
 from kcs_tl.sweeps.worker import FAILED, FINISHED, read_record, record_failure, run_one, stability_one
+from kcs_tl.validate import InputValueError
 
 
 @dataclass
@@ -95,7 +96,7 @@ def sweep(model_spec: str, tasks, configs=None, seeds=(0,), out_dir: str | os.Pa
     progress = validate.boolean("progress", progress)
     threads = max(1, math.floor(cpus_per_run))
     if num_cpus is not None and ray_address is not None:
-        raise ValueError("num_cpus applies to a Ray started locally; with ray_address the cluster has its own")
+        raise InputValueError("num_cpus applies to a Ray started locally; with ray_address the cluster has its own")
     name = execution.choose(executor, ray_address)
     out = writable_folder(validate.path("out_dir", out_dir)).resolve()
 
@@ -136,13 +137,18 @@ def _run_grid(pool, todo: list[Run], out: Path, threads: int, cpus_per_run, gpus
         bar.set_postfix(finished=counts["finished"], failed=counts["failed"], skipped=counts["skipped"])
 
     def died(i: int, err: BaseException) -> None:
-        last = (str(err).strip().splitlines() or [""])[-1]
-        done(i, record_failure(todo[i], out, f"the worker died ({type(err).__name__}: {last[:300]})"))
+        done(i, record_failure(todo[i], out, _death(err)))
 
     try:
         pool.map(run_one, [(r.to_json(), str(out), threads) for r in todo], resources, done, died)
     finally:
         bar.close()
+
+
+def _death(err: BaseException) -> str:
+    """What a Ray worker's death (killed, out of memory...) is recorded as: its kind and last line."""
+    last = (str(err).strip().splitlines() or [""])[-1]
+    return f"the worker died ({type(err).__name__}: {last[:300]})"
 
 
 def _runs_table(runs: list[Run], records: dict) -> pd.DataFrame:
@@ -169,7 +175,7 @@ def _stability(pool, runs: list[Run], records: dict, out: Path, k, threads, cpus
         def died(i, err):
             rs = list(groups.values())[i]
             results[i] = {"row": {"task": rs[0].task_name, "settings": rs[0].settings, "group": rs[0].group,
-                                  "error": f"{type(err).__name__}"}, "modules": []}
+                                  "error": _death(err)}, "modules": []}
 
         pool.map(stability_one, calls, _resources(pool, runs, cpus_per_run, gpus_per_run), done, died)
         rows = [r["row"] for r in results]

@@ -14,6 +14,7 @@ import warnings
 from typing import Callable, Sequence
 
 from kcs_tl import validate
+from kcs_tl.validate import InputValueError
 
 EXECUTORS = ("auto", "ray", "sequential")
 MAX_RETRIES = 1
@@ -37,13 +38,13 @@ def choose(executor: str, address: str | None) -> str:
     if address is not None:
         validate.path("ray_address", address)
         if executor == "sequential":
-            raise ValueError("ray_address is given, but executor='sequential' runs in this process; drop one")
+            raise InputValueError("ray_address is given, but executor='sequential' runs in this process; drop one")
     if executor == "sequential":
         return executor
     if ray_available():
         return "ray"
     if executor == "ray" or address is not None:
-        raise ValueError("executor='ray' (or a ray_address) needs Ray: pip install 'kcs-tl[ray]'")
+        raise InputValueError("executor='ray' (or a ray_address) needs Ray: pip install 'kcs-tl[ray]'")
     if not _warned:
         warnings.warn("Ray is not installed: the sweep runs sequentially in this process "
                       "(pip install 'kcs-tl[ray]' to run it on Ray)", RuntimeWarning, stacklevel=3)
@@ -77,7 +78,7 @@ class RayPool:
             gpus_per_run = (0.25 if small else 1.0) if have.get("GPU", 0) > 0 and device != "cpu" else 0.0
         for name, want, key in (("cpus_per_run", cpus_per_run, "CPU"), ("gpus_per_run", gpus_per_run, "GPU")):
             if want > have.get(key, 0):
-                raise ValueError(f"{name}={want:g} but the Ray cluster has {have.get(key, 0):g} {key}s in all")
+                raise InputValueError(f"{name}={want:g} but the Ray cluster has {have.get(key, 0):g} {key}s in all")
         return {"num_cpus": cpus_per_run, "num_gpus": gpus_per_run}
 
     def map(self, fn: Callable, calls: Sequence[tuple], resources: dict, on_done: Callable[[int, object], None],
@@ -91,6 +92,8 @@ class RayPool:
                 i = pending.pop(ready)
                 try:
                     result = self.ray.get(ready)
+                except self.ray.exceptions.RayTaskError:
+                    raise  # fn itself raised (run_one records a run's errors): a bug, with the worker's traceback
                 except self.ray.exceptions.RayError as err:  # the worker died (killed, out of memory...)
                     on_error(i, err)
                 else:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kcs_tl import validate
 from kcs_tl.discovery import DiscoveryConfig
+from kcs_tl.validate import InputError, InputTypeError, InputValueError
 
 FORMAT = "kcs_tl.sweep.run/1"
 _NOT_DEFINING = ("progress",)  # config fields that do not change a run's result
@@ -77,10 +78,10 @@ def _slug(text: str) -> str:
 def model_spec(value) -> str:
     """A zoo name, a TransformerLens model name, or ``package.module:function`` returning a model."""
     if not isinstance(value, str) or not value.strip():
-        raise TypeError("model_spec must be a string: a built-in model name (e.g. 'tiny-world'), a "
-                        f"TransformerLens model name (e.g. 'gpt2') or 'package.module:function', got {validate.given(value)}")
+        raise InputTypeError("model_spec must be a string: a built-in model name (e.g. 'tiny-world'), a "
+                             f"TransformerLens model name (e.g. 'gpt2') or 'package.module:function', got {validate.given(value)}")
     if value.count(":") > 1 or value.startswith(":") or value.endswith(":"):
-        raise ValueError(f"model_spec {value!r}: a loader is written 'package.module:function'")
+        raise InputValueError(f"model_spec {value!r}: a loader is written 'package.module:function'")
     return value
 
 
@@ -100,20 +101,20 @@ def _zoo_task(where: str, spec, roots: list[str] | None) -> tuple[dict, str]:
     if isinstance(spec, Mapping):
         unknown = sorted(set(spec) - {"root", *ZOO_TASK_OPTIONS})
         if unknown:
-            raise ValueError(f"{where} has unknown key(s) {unknown}; a built-in task takes root and optionally "
-                             f"{list(ZOO_TASK_OPTIONS)}")
+            raise InputValueError(f"{where} has unknown key(s) {unknown}; a built-in task takes root and optionally "
+                                  f"{list(ZOO_TASK_OPTIONS)}")
         options = {k: validate.integer(f"{where}.{k}", spec[k], 2) for k in ZOO_TASK_OPTIONS if k in spec}
         spec = spec["root"]
     if roots is None:
-        raise ValueError(f"{where} = {spec!r} names a built-in TargetKG, but the model is not a built-in "
-                         "one; give {'target': ..., 'control': ..., 'lm': ...} instead")
+        raise InputValueError(f"{where} = {spec!r} names a built-in TargetKG, but the model is not a built-in "
+                              "one; give {'target': ..., 'control': ..., 'lm': ...} instead")
     if isinstance(spec, int) and not isinstance(spec, bool):
         if not 0 <= spec < len(roots):
-            raise ValueError(f"{where} = {spec}: the built-in model has TargetKGs 0..{len(roots) - 1}")
+            raise InputValueError(f"{where} = {spec}: the built-in model has TargetKGs 0..{len(roots) - 1}")
         spec = roots[spec]
     root = spec.removeprefix("zoo:") if isinstance(spec, str) else spec
     if root not in roots:
-        raise ValueError(f"{where} = {spec!r} is not a TargetKG of the built-in model; valid: {roots}")
+        raise InputValueError(f"{where} = {spec!r} is not a TargetKG of the built-in model; valid: {roots}")
     return {"zoo_root": root, **options}, root
 
 
@@ -126,8 +127,8 @@ def _task(i: int, spec, roots: list[str] | None) -> tuple[dict, str]:
         keys = {"target", "control", "lm", "name"}
         unknown, missing = sorted(set(spec) - keys), sorted({"target", "control", "lm"} - set(spec))
         if unknown or missing:
-            raise ValueError(f"{where} needs the keys target, control and lm (optional: name); "
-                             f"missing {missing}, unknown {unknown}")
+            raise InputValueError(f"{where} needs the keys target, control and lm (optional: name); "
+                                  f"missing {missing}, unknown {unknown}")
         task = {}
         for key in ("target", "control", "lm"):
             value = validate.path(f"{where}.{key}", spec[key])
@@ -139,8 +140,8 @@ def _task(i: int, spec, roots: list[str] | None) -> tuple[dict, str]:
             task[key] = value
         name = spec.get("name") or Path(task["target"].split(":")[-1]).stem
         return task, validate.path(f"{where}.name", name)
-    raise TypeError(f"{where} must be a built-in TargetKG name or index, or a dict with target, control "
-                    f"and lm, got {validate.given(spec)}")
+    raise InputTypeError(f"{where} must be a built-in TargetKG name or index, or a dict with target, control "
+                         f"and lm, got {validate.given(spec)}")
 
 
 def _configs(configs) -> list[tuple[str, DiscoveryConfig]]:
@@ -154,8 +155,8 @@ def _configs(configs) -> list[tuple[str, DiscoveryConfig]]:
     elif validate._collection(configs):
         named = [(None, c) for c in configs]
     else:
-        raise TypeError("configs must be a list of DiscoveryConfigs or dicts of DiscoveryConfig fields, or a "
-                        f"dict of name -> settings, got {validate.given(configs)}")
+        raise InputTypeError("configs must be a list of DiscoveryConfigs or dicts of DiscoveryConfig fields, or a "
+                             f"dict of name -> settings, got {validate.given(configs)}")
     out = []
     for i, (name, c) in enumerate(named):
         where = f"configs[{name!r}]" if name is not None else f"configs[{i}]"
@@ -164,16 +165,16 @@ def _configs(configs) -> list[tuple[str, DiscoveryConfig]]:
         elif isinstance(c, Mapping):
             try:
                 cfg = DiscoveryConfig.from_json(dict(c))
-            except (TypeError, ValueError) as err:
+            except InputError as err:
                 raise type(err)(f"{where}: {err}") from None
         else:
-            raise TypeError(f"{where} must be a DiscoveryConfig or a dict of its fields, got {validate.given(c)}")
+            raise InputTypeError(f"{where} must be a DiscoveryConfig or a dict of its fields, got {validate.given(c)}")
         if cfg.checkpoint_every:
-            raise ValueError(f"{where}: checkpoint_every would make every run of the grid write one "
-                             "checkpoint_dir; a sweep restarts unfinished runs from the start, so leave it at 0")
+            raise InputValueError(f"{where}: checkpoint_every would make every run of the grid write one "
+                                  "checkpoint_dir; a sweep restarts unfinished runs from the start, so leave it at 0")
         out.append((str(name) if name is not None else _label(cfg), cfg))
     if not out:
-        raise ValueError("configs is empty; give at least one settings variant (or None for the defaults)")
+        raise InputValueError("configs is empty; give at least one settings variant (or None for the defaults)")
     return out
 
 
@@ -205,12 +206,12 @@ def _seeds(seeds) -> list[int]:
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
     if not validate._collection(seeds):
-        raise TypeError(f"seeds must be a list of ints >= 0, got {validate.given(seeds)}")
+        raise InputTypeError(f"seeds must be a list of ints >= 0, got {validate.given(seeds)}")
     seeds = [validate.integer(f"seeds[{i}]", s, 0) for i, s in enumerate(seeds)]
     if not seeds:
-        raise ValueError("seeds is empty; give at least one seed")
+        raise InputValueError("seeds is empty; give at least one seed")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds holds duplicates: {seeds}")
+        raise InputValueError(f"seeds holds duplicates: {seeds}")
     return seeds
 
 
@@ -228,12 +229,12 @@ def expand(model, tasks, configs=None, seeds=(0,), n_random: int = 3) -> list[Ru
     roots = _zoo_roots(model)
     if tasks == "all":
         if roots is None:
-            raise ValueError("tasks='all' needs a built-in model (its TargetKGs); give a list of tasks")
+            raise InputValueError("tasks='all' needs a built-in model (its TargetKGs); give a list of tasks")
         tasks = roots
     if isinstance(tasks, (str, Mapping, int)) and not isinstance(tasks, bool):
         tasks = [tasks]
     if not validate._collection(tasks) or not tasks:
-        raise TypeError(f"tasks must be a non-empty list of task specs (or 'all'), got {validate.given(tasks)}")
+        raise InputTypeError(f"tasks must be a non-empty list of task specs (or 'all'), got {validate.given(tasks)}")
     normalised = [_task(i, t, roots) for i, t in enumerate(tasks)]
     variants = _configs(configs)
     seeds = _seeds(seeds)
@@ -244,7 +245,7 @@ def expand(model, tasks, configs=None, seeds=(0,), n_random: int = 3) -> list[Ru
     seen: dict[str, Run] = {}
     for r in runs:
         if r.run_id in seen:
-            raise ValueError(f"the grid defines run {r.run_id} twice (task {r.task_name!r}, settings "
-                             f"{seen[r.run_id].settings!r} and {r.settings!r}); remove the duplicate")
+            raise InputValueError(f"the grid defines run {r.run_id} twice (task {r.task_name!r}, settings "
+                                  f"{seen[r.run_id].settings!r} and {r.settings!r}); remove the duplicate")
         seen[r.run_id] = r
     return runs

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kcs_tl.files import read_text
+from kcs_tl.validate import InputValueError
 
 KEYS = {
     "model": "the model spec (required)",
@@ -50,8 +51,8 @@ def _parse(path: Path) -> dict:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-                             f"expected {what}") from None
+            raise InputValueError(f"{path}: not JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                                  f"expected {what}") from None
     elif path.suffix == ".toml":
         try:
             import tomllib
@@ -59,16 +60,16 @@ def _parse(path: Path) -> dict:
             try:
                 import tomli as tomllib
             except ImportError:
-                raise ValueError(f"{path}: reading TOML needs Python >= 3.11 or `pip install tomli`; "
-                                 "or write the spec as JSON") from None
+                raise InputValueError(f"{path}: reading TOML needs Python >= 3.11 or `pip install tomli`; "
+                                      "or write the spec as JSON") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not TOML ({err}); expected {what}") from None
+            raise InputValueError(f"{path}: not TOML ({err}); expected {what}") from None
     else:
-        raise ValueError(f"{path}: a sweep spec is a .toml or .json file, got {path.suffix or 'no suffix'!r}")
+        raise InputValueError(f"{path}: a sweep spec is a .toml or .json file, got {path.suffix or 'no suffix'!r}")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the spec must be a table/object of settings, got {type(data).__name__}")
+        raise InputValueError(f"{path}: the spec must be a table/object of settings, got {type(data).__name__}")
     return data
 
 
@@ -80,14 +81,14 @@ def read_spec(path) -> dict:
     if unknown:
         close = [m for u in unknown for m in difflib.get_close_matches(u, KEYS, n=1)]
         hint = f" (did you mean {close}?)" if close else ""
-        raise ValueError(f"{path}: unknown key(s) {unknown}{hint}; valid: {sorted(KEYS)}")
+        raise InputValueError(f"{path}: unknown key(s) {unknown}{hint}; valid: {sorted(KEYS)}")
     missing = [k for k in ("model", "tasks") if k not in data]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}; a spec needs model and tasks")
+        raise InputValueError(f"{path}: missing key(s) {missing}; a spec needs model and tasks")
     here = path.resolve().parent
     base = data.pop("base", {})
     if not isinstance(base, Mapping):
-        raise ValueError(f"{path}: base must be a table of DiscoveryConfig fields, got {base!r:.60}")
+        raise InputValueError(f"{path}: base must be a table of DiscoveryConfig fields, got {base!r:.60}")
     configs = data.pop("configs", None)
     if configs is None:
         configs = [dict(base)]
@@ -96,7 +97,7 @@ def read_spec(path) -> dict:
     elif isinstance(configs, list):
         configs = [_merged(path, f"configs[{i}]", base, c) for i, c in enumerate(configs)]
     else:
-        raise ValueError(f"{path}: configs must be a list of tables or named tables, got {configs!r:.60}")
+        raise InputValueError(f"{path}: configs must be a list of tables or named tables, got {configs!r:.60}")
     tasks = data["tasks"]
     if isinstance(tasks, list):
         data["tasks"] = [_relative_files(here, t) if isinstance(t, Mapping) else t for t in tasks]
@@ -107,7 +108,7 @@ def read_spec(path) -> dict:
 
 def _merged(path: Path, where: str, base: Mapping, variant) -> dict:
     if not isinstance(variant, Mapping):
-        raise ValueError(f"{path}: {where} must be a table of DiscoveryConfig fields, got {variant!r:.60}")
+        raise InputValueError(f"{path}: {where} must be a table of DiscoveryConfig fields, got {variant!r:.60}")
     return dict(base) | dict(variant)
 
 

@@ -6,7 +6,8 @@ model is built where the run executes, from any spec ``kcs_tl.loading`` reads
 The run's folder ``out_dir/<run id>/`` is written atomically
 (``kcs_tl.loading.write_run``): it appears complete or not at all, so a killed
 worker never leaves a folder that looks finished. A run that raises writes a folder whose ``run.json`` says
-``failed`` with the error; the next sweep runs it again.
+``failed`` with the error and whose ``traceback.txt`` holds its traceback; the other runs go on, the next
+sweep runs it again, and ``kcs-tl sweep`` exits with status 1 naming those files.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kcs_tl.loading import load_kg, model_and_world, write_run
 from kcs_tl.evaluation import evaluate
 from kcs_tl.subnetwork import Subnetwork
 from kcs_tl.sweeps.grid import Run
+from kcs_tl.validate import InputError
 
 RUN_FILE = "run.json"
 FINISHED, FAILED = "finished", "failed"
@@ -133,13 +135,17 @@ def record_failure(run: Run, out_dir: Path, error: str, trace: str = "", wall_s:
         with result_folder(folder, overwrite=read_record(folder) is not None) as tmp:
             (tmp / "traceback.txt").write_text(trace)
             (tmp / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
-    except Exception as err:
+    except OSError as err:
         record["row"]["error"] += f" (and its record could not be written: {err})"
     return record
 
 
 def stability_one(runs_json: list[dict], out_dir: str, k: int | None, threads: int = 1) -> dict:
-    """Seed stability of one group's finished runs: overlap vs chance, intersection and majority evaluated."""
+    """Seed stability of one group's finished runs: overlap vs chance, intersection and majority evaluated.
+
+    A bad input (a run folder that no longer loads, runs that do not match) is recorded as the group's
+    error; any other exception is a bug and propagates.
+    """
     return _with_threads(threads, _stability_one, [Run.from_json(r) for r in runs_json], Path(out_dir), k)
 
 
@@ -155,5 +161,5 @@ def _stability_one(runs: list[Run], out_dir: Path, k: int | None) -> dict:
                                 criteria=first.discovery_config().criteria)
         modules = result.overlap.assign(task=first.task_name, settings=first.settings)
         return {"row": row | result.summary(), "modules": modules.to_dict("records")}
-    except Exception as err:
+    except (InputError, OSError) as err:
         return {"row": row | {"error": f"{type(err).__name__}: {err}"}, "modules": []}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kcs_tl.validate import InputValueError
 from kcs_tl.zoo.weights import load_weights
 
 __all__ = ["ZooModel", "load", "available", "MODELS", "MODEL_CLASSES"]
@@ -107,12 +108,12 @@ def load(name: str = "tiny-world", device: str = "cpu", path: str | Path | None 
     model_class = validate.choice("model_class", model_class, MODEL_CLASSES)
     if name in DOWNLOADED:
         if model_class != "hooked":
-            raise ValueError(f"zoo model {name!r} loads as a HookedTransformer only (model_class='hooked', "
-                             "TransformerLens 3.x)")
+            raise InputValueError(f"zoo model {name!r} loads as a HookedTransformer only (model_class='hooked', "
+                                  "TransformerLens 3.x)")
         return _load_smollm2(device, path)
     if path is None:
         if name not in MODELS:
-            raise ValueError(f"unknown zoo model {name!r}; valid names: {available()}")
+            raise InputValueError(f"unknown zoo model {name!r}; valid names: {available()}")
         root = MODELS[name]
     else:
         root = Path(path)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from kcs_tl.validate import InputValueError
+
 
 def hf_state(cfg: dict, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """TransformerLens-layout weights of a GPT-2-style model -> ``GPT2LMHeadModel`` state dict."""
@@ -41,7 +43,7 @@ def gpt2(cfg: dict, state: dict[str, Tensor]) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if cfg.get("normalization_type") != "LN" or cfg.get("positional_embedding_type") != "standard":
-        raise ValueError(f"only GPT-2-style built-in models convert to Hugging Face GPT-2, got {cfg}")
+        raise InputValueError(f"only GPT-2-style built-in models convert to Hugging Face GPT-2, got {cfg}")
     config = GPT2Config(
         vocab_size=cfg["d_vocab"], n_positions=cfg["n_ctx"], n_embd=cfg["d_model"], n_layer=cfg["n_layers"],
         n_head=cfg["n_heads"], n_inner=cfg["d_mlp"], activation_function=cfg["act_fn"],
@@ -49,7 +51,7 @@ def gpt2(cfg: dict, state: dict[str, Tensor]) -> nn.Module:
         tie_word_embeddings=False, architectures=["GPT2LMHeadModel"],
     )
     if cfg["d_model"] != cfg["n_heads"] * cfg["d_head"]:
-        raise ValueError("Hugging Face GPT-2 needs d_model == n_heads * d_head")
+        raise InputValueError("Hugging Face GPT-2 needs d_model == n_heads * d_head")
     model = GPT2LMHeadModel(config)
     model.lm_head = nn.Linear(cfg["d_model"], cfg["d_vocab"], bias=True)  # TransformerLens keeps b_U
     missing, unexpected = model.load_state_dict(hf_state(cfg, state), strict=False)

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from kcs_tl.validate import InputValueError
+
 __all__ = [
     "fact_accuracy",
     "agreement_accuracy",
@@ -51,7 +53,7 @@ def fact_accuracy(model, kg, templates: Any = "train", batch_size: int = 256, by
 def _single_token(tokenizer, word: str) -> int:
     ids = tokenizer.encode(" " + word, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"{word!r} is not a single token: {ids}")
+        raise InputValueError(f"{word!r} is not a single token: {ids}")
     return ids[0]
 
 

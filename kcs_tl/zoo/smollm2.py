@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from kcs_tl.files import atomic_file, writable_folder
+from kcs_tl.validate import InputValueError
 from kcs_tl.zoo.weights import load_weights
 
 NAME = "smollm2-135m"
@@ -98,17 +99,17 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict, dict]:
     reader = gguf.GGUFReader(str(path))
     meta = _metadata(reader)
     if meta.get("general.architecture") != "llama":
-        raise ValueError(f"{path}: expected a llama GGUF, got architecture {meta.get('general.architecture')!r}")
+        raise InputValueError(f"{path}: expected a llama GGUF, got architecture {meta.get('general.architecture')!r}")
     wrong = {k: meta.get(f"llama.{k}") for k, v in FACTS.items() if meta.get(f"llama.{k}") != v}
     if wrong:
-        raise ValueError(f"{path}: not SmolLM2-135M ({wrong}; expected {FACTS})")
+        raise InputValueError(f"{path}: not SmolLM2-135M ({wrong}; expected {FACTS})")
     names = {}
     for l in range(FACTS["block_count"]):
         names |= {g.format(l=l): h.format(l=l) for g, h in _NAMES.items()}
     state = {}
     for t in reader.tensors:
         if t.name not in names:
-            raise ValueError(f"{path}: unexpected tensor {t.name!r}")
+            raise InputValueError(f"{path}: unexpected tensor {t.name!r}")
         array = gguf.quants.dequantize(t.data, t.tensor_type)
         state[names[t.name]] = torch.from_numpy(array.reshape(tuple(reversed([int(d) for d in t.shape]))).copy())
     heads, kv = FACTS["attention.head_count"], FACTS["attention.head_count_kv"]
@@ -220,9 +221,11 @@ def convert(folder: str | os.PathLike | None = None, source: str | os.PathLike |
 
 def _cached(folder: Path) -> dict | None:
     """The cache's config if the cache is complete and of this format, else None."""
+    if not (folder / "config.json").is_file():
+        return None
     try:
         info = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+    except json.JSONDecodeError:  # not a config this module wrote: convert again
         return None
     complete = all((folder / f).is_file() for f in ("model.safetensors", "tokenizer.json"))
     return info if complete and info.get("format") == CACHE_FORMAT else None

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from kcs_tl.data import KnowledgeGraph, lm_blocks, split_templates
 from kcs_tl.data.splits import target_control_split
+from kcs_tl.validate import InputValueError
 
 CONTROL_SIZE = 600  # ControlKG triplets sampled from the rest of the world
 LM_BLOCKS = 200  # ControlLM blocks of n_ctx tokens (train + validation)
@@ -43,7 +44,7 @@ def forgetting_task(zoo_model, root: str | int = 0, seed: int = 0, n_control: in
     """
     if isinstance(root, int):
         if not 0 <= root < len(zoo_model.target_roots):
-            raise ValueError(f"root index {root} out of range 0..{len(zoo_model.target_roots) - 1}")
+            raise InputValueError(f"root index {root} out of range 0..{len(zoo_model.target_roots) - 1}")
         root = zoo_model.target_roots[root]
     kg = search_templates(zoo_model.kg)
     target, control = target_control_split(kg, search_templates(zoo_model.target_kg(root)),
