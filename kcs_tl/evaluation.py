@@ -27,6 +27,7 @@ from kcs_tl.data.batch import KGBatch
 from kcs_tl.data.kg import KnowledgeGraph
 from kcs_tl.data.verbalise import encode
 from kcs_tl.subnetwork import Subnetwork
+from kcs_tl.validate import InputTypeError
 
 TOP_K = (1, 5, 10)
 
@@ -252,7 +253,8 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
     model's ``cfg.default_prepend_bos``, as ``discover`` does).
     """
     if not isinstance(subnetwork, Subnetwork):
-        raise TypeError(f"subnetwork must be a Subnetwork (e.g. Subnetwork.load(folder)), got {validate.given(subnetwork)}")
+        raise InputTypeError(f"subnetwork must be a Subnetwork (e.g. Subnetwork.load(folder)), "
+                             f"got {validate.given(subnetwork)}")
     subnetwork.check_model(model)
     n_random = validate.integer("n_random", n_random, 0)
     seed = validate.integer("seed", seed, 0)
@@ -292,6 +294,6 @@ def evaluate(model, subnetwork, target, control_kg, control_lm: Int[Tensor, "n b
 def _as_batch(data, model, name: str, prepend_bos: bool = True) -> KGBatch:
     batch = encode(data, model.tokenizer, prepend_bos=prepend_bos) if isinstance(data, KnowledgeGraph) else data
     if not isinstance(batch, KGBatch):
-        raise TypeError(f"{name} must be a KnowledgeGraph or a KGBatch, got {validate.given(data)}")
+        raise InputTypeError(f"{name} must be a KnowledgeGraph or a KGBatch, got {validate.given(data)}")
     return validate.kg_batch(name, batch, model)
 

@@ -22,6 +22,7 @@ import pandas as pd
 from kcs_tl import validate
 from kcs_tl.evaluation import Criteria, Evaluation, evaluate
 from kcs_tl.subnetwork import Subnetwork, majority
+from kcs_tl.validate import InputTypeError, InputValueError
 
 GROUPINGS = ("site", "module", "layer")
 _KEYS = {"site": ["address"], "module": ["layer", "module"], "layer": ["layer"]}
@@ -74,7 +75,7 @@ def pairwise_jaccard(subnetworks: Sequence[Subnetwork], names: Sequence | None =
     by = validate.choice("by", by, GROUPINGS)
     names = list(range(len(subnetworks))) if names is None else list(names)
     if len(names) != len(subnetworks):
-        raise ValueError(f"names has {len(names)} entries for {len(subnetworks)} subnetworks")
+        raise InputValueError(f"names has {len(names)} entries for {len(subnetworks)} subnetworks")
     keys = _KEYS[by]
     frames = []
     for (i, first), (j, second) in itertools.combinations(enumerate(subnetworks), 2):
@@ -91,12 +92,12 @@ def pairwise_jaccard(subnetworks: Sequence[Subnetwork], names: Sequence | None =
 
 def _subnetworks(subnetworks, least: int) -> list[Subnetwork]:
     if isinstance(subnetworks, Subnetwork) or not isinstance(subnetworks, Sequence):
-        raise TypeError(f"subnetworks must be a list of Subnetworks, got {validate.given(subnetworks)}")
+        raise InputTypeError(f"subnetworks must be a list of Subnetworks, got {validate.given(subnetworks)}")
     bad = [i for i, s in enumerate(subnetworks) if not isinstance(s, Subnetwork)]
     if bad:
-        raise TypeError(f"subnetworks[{bad[0]}] is not a Subnetwork, got {validate.given(subnetworks[bad[0]])}")
+        raise InputTypeError(f"subnetworks[{bad[0]}] is not a Subnetwork, got {validate.given(subnetworks[bad[0]])}")
     if len(subnetworks) < least:
-        raise ValueError(f"seed stability needs at least {least} subnetworks, got {len(subnetworks)}")
+        raise InputValueError(f"seed stability needs at least {least} subnetworks, got {len(subnetworks)}")
     return list(subnetworks)
 
 
@@ -178,7 +179,7 @@ def seed_stability(subnetworks: Sequence[Subnetwork], model=None, target=None, c
     k = n // 2 + 1 if k is None else validate.integer("k", k, 1, n)
     criteria = Criteria() if criteria is None else criteria
     if not isinstance(criteria, Criteria):
-        raise TypeError(f"criteria must be a kcs_tl.Criteria, got {validate.given(criteria)}")
+        raise InputTypeError(f"criteria must be a kcs_tl.Criteria, got {validate.given(criteria)}")
     pairs = pairwise_jaccard(subnetworks, names, by)
     keys = _KEYS[by]
     overlap = pairs.groupby(keys, sort=False)[["total", "size_a", "jaccard", "chance"]].mean().reset_index()
@@ -191,7 +192,7 @@ def seed_stability(subnetworks: Sequence[Subnetwork], model=None, target=None, c
     result = SeedStability(overlap, pairs, common, majority(subnetworks, k), k, n, criteria=criteria)
     given = [x is not None for x in (model, target, control_kg, control_lm)]
     if any(given) and not all(given):
-        raise ValueError("seed_stability evaluates only with all of model, target, control_kg and control_lm "
+        raise InputValueError("seed_stability evaluates only with all of model, target, control_kg and control_lm "
                          "(or none of them, for the overlap alone)")
     if all(given):
         for name, sub in (("intersection", result.intersection), ("majority", result.majority)):

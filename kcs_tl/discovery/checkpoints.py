@@ -11,6 +11,7 @@ import torch
 
 from kcs_tl.discovery.config import DiscoveryConfig
 from kcs_tl.files import atomic_file
+from kcs_tl.validate import InputValueError
 
 
 @dataclass
@@ -59,11 +60,11 @@ def _read_checkpoint(path) -> dict:
                  if line.strip() and not line.strip().startswith(boilerplate)] or [type(err).__name__]
         code = next((line for line in lines if "GLOBAL" in line), None)  # a callable or class to import
         if code:
-            raise ValueError(f"resume: {path} holds Python objects other than tensors and plain data ({code}); "
+            raise InputValueError(f"resume: {path} holds Python objects other than tensors and plain data ({code}); "
                              "kcs_tl refuses to load it, because unpickling them could run code") from None
-        raise ValueError(f"resume: {path} is not a readable kcs_tl checkpoint ({lines[0][:200]})") from None
+        raise InputValueError(f"resume: {path} is not a readable kcs_tl checkpoint ({lines[0][:200]})") from None
     if not isinstance(payload, dict) or any(k not in payload for k in _CHECKPOINT_KEYS):
-        raise ValueError(f"resume: {path} is not a kcs_tl checkpoint (needs the entries {list(_CHECKPOINT_KEYS)})")
+        raise InputValueError(f"resume: {path} is not a kcs_tl checkpoint (needs the entries {list(_CHECKPOINT_KEYS)})")
     return payload
 
 
@@ -80,7 +81,7 @@ def restore_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> SearchS
     try:
         saved = DiscoveryConfig.from_json(payload["config"])
     except (TypeError, ValueError) as err:
-        raise ValueError(f"resume: {path} holds an invalid config: {err}") from None
+        raise InputValueError(f"resume: {path} holds an invalid config: {err}") from None
     diff = [f.name for f in dataclasses.fields(cfg)
             if f.name not in RESUMABLE_CHANGES and getattr(saved, f.name) != getattr(cfg, f.name)]
     if diff:
@@ -88,7 +89,7 @@ def restore_checkpoint(path, cfg, trained, optimizers, schedule, gen) -> SearchS
         moved = [name for name in diff if name in SCHEDULE]
         why = (f" ({', '.join(moved)} set the warm-up and the sparsity schedule: the steps already run followed "
                "the checkpoint's, so the result would match neither run)" if moved else "")
-        raise ValueError(f"resume: checkpoint {path} was made with other settings: {changed}{why}; resume with "
+        raise InputValueError(f"resume: checkpoint {path} was made with other settings: {changed}{why}; resume with "
                          "the checkpoint's settings, or start a new search without resume (a resume may change "
                          f"only {', '.join(RESUMABLE_CHANGES)})")
     for m, s in zip(trained, payload["trained"]):
