@@ -26,8 +26,8 @@ from torch import Tensor
 from torch.nn.utils import parametrize
 
 from kcs_tl.adapters import (
-    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, readout, weight_site,
-    weight_view,
+    Site, check_model, fingerprint, fingerprint_mismatch, hook_broadcast, hook_site, model_device, readout,
+    weight_site, weight_view,
 )
 from kcs_tl.adapters import unit as unit_of
 from kcs_tl.files import existing_result, read_json, read_safetensors, result_folder
@@ -207,7 +207,7 @@ class Subnetwork:
         """Gate ``model`` with this subnetwork until ``.detach()`` is called on the result."""
         self.check_model(model)
         check_mode(mode)
-        device = next(model.parameters()).device
+        device = model_device(model)
         gates = {a: keep_gate(m.to(device, torch.float32), mode) for a, m in self.masks.items()}
         repl = {a: r.to(device) for a, r in self.replacements.items()}
         return Attachment(model, list(self.sites.values()), gates.__getitem__, repl.get)

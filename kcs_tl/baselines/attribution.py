@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from kcs_tl import validate
-from kcs_tl.adapters import HOOK_NAMES, Site, check_model, fingerprint, hook_site, weight_view
+from kcs_tl.adapters import HOOK_NAMES, Site, check_model, fingerprint, hook_site, model_device, weight_view
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.masked_model import ABLATIONS, mean_activations
 from kcs_tl.subnetwork import Subnetwork
@@ -66,8 +66,8 @@ def replacement_values(model, task, sites: list[Site], ablation: str) -> dict[st
     """The intervened value per site: zeros, or the mean over the task's LM blocks (as the search uses)."""
     validate.choice("ablation", ablation, [a for a in ABLATIONS if a != "learned"])
     if ablation == "mean":
-        return {a: v.to(next(model.parameters()).device)
-                for a, v in mean_activations(model, task.lm.to(next(model.parameters()).device), sites).items()}
+        return {a: v.to(model_device(model))
+                for a, v in mean_activations(model, task.lm.to(model_device(model)), sites).items()}
     return {}
 
 
@@ -76,7 +76,7 @@ def unit_attributions(model, task, method: str, sites: list[Site], replacements:
     """One score per unit and site: high means intervening on it should lower ``task.objective`` most."""
     validate.choice("method", method, UNIT_METHODS)
     steps = validate.integer("steps", steps, 1)
-    device = next(model.parameters()).device
+    device = model_device(model)
     prompts = task.train.to(device)
     if method == "random":
         gen = torch.Generator().manual_seed(seed)
@@ -144,7 +144,7 @@ def _grad_x_weight(model, sites: list[Site], objective: Callable[[object], Tenso
     contiguous so that row/column sums add in one order, whatever strides autograd returns.
     """
     whole = [dataclasses.replace(s, granularity="weight", shape=s.full_shape) for s in sites]
-    device = next(model.parameters()).device
+    device = model_device(model)
     ones = {s.address: torch.ones(s.shape, device=device, requires_grad=True) for s in whole}
     attachment = Attachment(model, whole, ones.__getitem__)
     try:
@@ -201,7 +201,7 @@ def unit_baseline(model, task, method: str, *, like: Subnetwork | None = None, s
         sites = hook_sites(model, hooks, layers)
     repl = (like.replacements if like is not None and like.settings.get("ablation") == "learned"
             else replacement_values(model, task, sites, ablation))
-    device = next(model.parameters()).device
+    device = model_device(model)
     repl = {a: v.to(device) for a, v in repl.items()}
     scores = unit_attributions(model, task, method, sites, repl, steps, seed)
     return top_subnetwork(model, sites, scores, like=like, size=size, replacements=repl, method=method)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from kcs_tl.adapters import check_model
+from kcs_tl.adapters import check_model, model_device
 from kcs_tl.discovery.checkpoints import SearchState, restore_checkpoint, write_checkpoint
 from kcs_tl.discovery.config import DiscoveryConfig, checked_config, resolve_device
 from kcs_tl.discovery.losses import step_losses
@@ -62,7 +62,7 @@ class Search:
         if cfg.checkpoint_every:
             writable_folder(cfg.checkpoint_dir)
         # From here on the model changes (device, then masks); any exception puts it back as it was.
-        home, self.masked = next(model.parameters()).device, None
+        home, self.masked = model_device(model), None
         try:
             if home != self.device:
                 model.to(self.device)

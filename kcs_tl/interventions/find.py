@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kcs_tl import validate
-from kcs_tl.adapters import HOOK_NAMES, check_model
+from kcs_tl.adapters import HOOK_NAMES, check_model, model_device
 from kcs_tl.discovery.teacher import TeacherOutputs
 from kcs_tl.discovery.terms import Lagrangian
 from kcs_tl.interventions import reinforce
@@ -133,7 +133,7 @@ class Intervention:
 def _read_effect(model, masked: MaskedModel, task: InterventionTask) -> tuple[float, int]:
     """Train effect and size of the deterministic gates."""
     with masked.binary(), torch.no_grad():
-        p = task.train.to(next(model.parameters()).device)
+        p = task.train.to(model_device(model))
         effect = task.effect(p.read(model(p.tokens)), p)
     return effect, int(sum(m.sum() for m in masked.binary_masks().values()))
 
@@ -160,7 +160,7 @@ def find_interventions(model, task: InterventionTask, config: InterventionConfig
     config = config or InterventionConfig()
     if not isinstance(config, InterventionConfig):
         raise InputTypeError(f"config must be an InterventionConfig, got {validate.given(config)}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     layers = config.layers if config.layers is not None else tuple(range(model.cfg.n_layers))

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from kcs_tl import validate
 from kcs_tl.adapters import (
-    HOOK_NAMES, Site, activation_shape, architecture, check_site, hook_site, resolve_layers, weight_site,
+    HOOK_NAMES, Site, activation_shape, architecture, check_site, hook_site, model_device, resolve_layers,
+    weight_site,
 )
 from kcs_tl.masks.attach import Attachment
 from kcs_tl.masks.gates import check_mode, keep_gate
@@ -141,7 +142,7 @@ class MaskedModel(nn.Module):
         self.mode = check_mode(mode)
         self.relaxation = get_relaxation(relaxation)
         self.layers = sorted({s.layer for s in self.sites.values()})
-        device = next(model.parameters()).device
+        device = model_device(model)
         start = self.relaxation.init_score(init_prob)
         self.scores = nn.ParameterDict({
             _key(a): nn.Parameter(torch.full(s.shape, start, device=device)) for a, s in self.sites.items()
@@ -169,7 +170,7 @@ class MaskedModel(nn.Module):
             means = mean_activations(model, reference, hook_sites)
         else:
             means = {s.address: torch.zeros(activation_shape(model, s)) for s in hook_sites}
-        device = next(model.parameters()).device
+        device = model_device(model)
         return nn.ParameterDict({
             _key(a): nn.Parameter(v.to(device), requires_grad=self.ablation == "learned")
             for a, v in means.items()
